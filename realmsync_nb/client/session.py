@@ -1,0 +1,732 @@
+"""Session: one realm's sync session, running on the app's sync thread.
+
+State lives in two tables (see :data:`SESSION_TRANSITIONS`): the logical session
+state, which only ``pause()``/``resume()``, token refresh, fatal errors and
+``close`` change, and the connection state, which follows the network. All
+mutation happens on the sync thread; public getters read plain attributes.
+
+The connection loop (:meth:`Session._run`) connects, binds, then runs three tasks
+until one fails: the reader (integrates DOWNLOADs, answers MARKs and PONGs), the
+uploader (sends local history in batches) and the heartbeat (PING every
+``ping_interval``; no PONG within ``pong_timeout`` means the connection is dead).
+Then it waits out the backoff delay and tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+
+from ..errors import (
+    AuthError,
+    ProtocolError,
+    RealmSyncError,
+    SessionInactiveError,
+    SessionPausedError,
+    SyncServerError,
+)
+from ..observe import EventKind, SyncEvent, now
+from ..protocol.backoff import Backoff
+from ..protocol.client import ClientProtocol
+from ..protocol.messages import (
+    FATAL_CODES,
+    MAX_MESSAGE_SIZE,
+    SUBPROTOCOL,
+    Download,
+    Error,
+    ErrorCode,
+    Mark,
+    Pong,
+)
+from ..protocol.progress import Counters, IndefiniteView, OutstandingView
+from ..protocol.wire import DecodeError
+from ..store.realm_file import RealmFile
+from .loop import Stream, StreamSink, SyncFuture
+from .types import (
+    ConnectionState,
+    ConnectionStateChange,
+    ProgressDirection,
+    ProgressMode,
+    SessionState,
+    SyncProgress,
+)
+
+if TYPE_CHECKING:
+    from .app import App, User
+    from .realm import Realm
+
+__all__ = ["CONNECTION_TRANSITIONS", "SESSION_TRANSITIONS", "Session"]
+
+logger = logging.getLogger("realmsync_nb.session")
+T = TypeVar("T")
+
+SS, CS = SessionState, ConnectionState
+# (state, event) -> next state; events not listed leave the state as it is.
+SESSION_TRANSITIONS: dict[tuple[SessionState, str], SessionState] = {
+    (SS.ACTIVE, "pause"): SS.PAUSED,
+    (SS.WAITING_FOR_ACCESS_TOKEN, "pause"): SS.PAUSED,
+    (SS.PAUSED, "resume"): SS.ACTIVE,
+    (SS.ACTIVE, "token_needed"): SS.WAITING_FOR_ACCESS_TOKEN,
+    (SS.WAITING_FOR_ACCESS_TOKEN, "token_refreshed"): SS.ACTIVE,
+    (SS.ACTIVE, "fatal_error"): SS.INACTIVE,
+    (SS.WAITING_FOR_ACCESS_TOKEN, "fatal_error"): SS.INACTIVE,
+    (SS.PAUSED, "fatal_error"): SS.INACTIVE,
+    (SS.ACTIVE, "close"): SS.INACTIVE,
+    (SS.PAUSED, "close"): SS.INACTIVE,
+    (SS.WAITING_FOR_ACCESS_TOKEN, "close"): SS.INACTIVE,
+}
+CONNECTION_TRANSITIONS: dict[tuple[ConnectionState, str], ConnectionState] = {
+    (CS.DISCONNECTED, "connect"): CS.CONNECTING,
+    (CS.CONNECTING, "bound"): CS.CONNECTED,
+    (CS.CONNECTING, "lost"): CS.DISCONNECTED,
+    (CS.CONNECTED, "lost"): CS.DISCONNECTED,
+}
+
+_NETWORK_ERRORS = (OSError, WebSocketException, TimeoutError, InvalidURI, DecodeError)
+
+
+class _Fatal(Exception):
+    """Ends the connection loop for good (the session becomes INACTIVE)."""
+
+    def __init__(self, error: RealmSyncError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _ProgressReg:
+    __slots__ = ("direction", "last", "outstanding", "sink")
+
+    def __init__(
+        self,
+        sink: StreamSink[SyncProgress],
+        direction: ProgressDirection,
+        outstanding: OutstandingView | None,
+    ) -> None:
+        self.sink = sink
+        self.direction = direction
+        self.outstanding = outstanding
+        self.last: SyncProgress | None = None
+
+
+class Session:
+    """The sync session of one realm (``realm.sync_session``). See API.md."""
+
+    def __init__(self, realm: Realm, app: App, user: User, file: RealmFile, name: str) -> None:
+        self._realm = realm
+        self._app = app
+        self.user = user
+        self._file = file
+        self.name = name
+        self._thread = app._thread
+        self._timeouts = app.config.sync_timeouts
+        self._state = SS.ACTIVE
+        self._conn_state = CS.DISCONNECTED
+        self._db = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="realmsync-db")
+        self._runner: asyncio.Task[None] | None = None
+        self._wake_reconnect = asyncio.Event()
+        self._upload_wake = asyncio.Event()
+        t = self._timeouts
+        self._backoff = Backoff(
+            t.backoff_initial, t.backoff_max, t.backoff_multiplier, t.backoff_jitter
+        )
+        # Sinks of the three streams, and waiters.
+        self._event_sinks: list[StreamSink[SyncEvent]] = []
+        self._conn_sinks: list[StreamSink[ConnectionStateChange]] = []
+        self._progress: list[_ProgressReg] = []
+        self._upload_waiters: list[tuple[int, SyncFuture[None]]] = []
+        self._download_waiters: list[SyncFuture[None]] = []  # no MARK sent for them yet
+        self._marks: dict[int, list[SyncFuture[None]]] = {}
+        self._mark_ids = itertools.count(1)
+        self._ws: ClientConnection | None = None
+        self._protocol: ClientProtocol | None = None
+        self._sent_at: dict[int, float] = {}  # client version -> when its UPLOAD was sent
+        self.last_error: RealmSyncError | None = None
+        # Counters (cumulative bytes); set from the file in _start.
+        self._up = Counters(0, 0)
+        self._down = Counters(0, 0)
+        self._up_view = IndefiniteView(self._up)
+        self._down_view = IndefiniteView(self._down)
+        self._upload_ack = 0
+
+    # -- public API ---------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        return self._conn_state
+
+    @property
+    def realm_path(self) -> str:
+        return self._file.path
+
+    def pause(self) -> None:
+        """Stop syncing both ways and disconnect, until resume(). Idempotent."""
+        self._call(self._pause)
+
+    def resume(self) -> None:
+        """Start syncing again after pause(); also skips any backoff delay. Idempotent."""
+        self._call(self._resume)
+
+    def wait_for_upload(self) -> SyncFuture[None]:
+        """Completes when every local change committed before this call is acknowledged."""
+        target = self._file.latest_client_version
+        fut: SyncFuture[None] = SyncFuture()
+        entry = (target, fut)
+
+        def register() -> None:
+            if self._fail_if_inactive(fut):
+                return
+            self._emit(EventKind.WAIT, direction="upload", outcome="started")
+            if self._upload_ack >= target:
+                self._finish_wait(fut, "upload")
+                return
+            self._upload_waiters.append(entry)
+
+        def cancel() -> None:
+            self._thread.call(self._remove_upload_waiter, entry)
+
+        fut._on_cancel = cancel
+        self._thread.call(register)
+        return fut
+
+    def wait_for_download(self) -> SyncFuture[None]:
+        """Completes when every change the server had at this call is integrated locally."""
+        fut: SyncFuture[None] = SyncFuture()
+
+        def register() -> None:
+            if self._fail_if_inactive(fut):
+                return
+            self._emit(EventKind.WAIT, direction="download", outcome="started")
+            self._download_waiters.append(fut)
+            self._send_mark()
+
+        fut._on_cancel = lambda: self._thread.call(self._remove_download_waiter, fut)
+        self._thread.call(register)
+        return fut
+
+    def get_progress_stream(
+        self, direction: ProgressDirection, mode: ProgressMode
+    ) -> Stream[SyncProgress]:
+        """A stream of progress for one direction; see API.md for both modes."""
+        direction = ProgressDirection(direction)
+        mode = ProgressMode(mode)
+
+        def subscribe(sink: StreamSink[SyncProgress]) -> Callable[[], None]:
+            c = self._counters(direction)
+            outstanding = (
+                OutstandingView(c) if mode is ProgressMode.FOR_CURRENTLY_OUTSTANDING_WORK else None
+            )
+            reg = _ProgressReg(sink, direction, outstanding)
+            self._progress.append(reg)
+            self._report(reg)
+            return lambda: self._remove(self._progress, reg)
+
+        return Stream(self._thread, subscribe, f"{self.name} {direction} progress ({mode})")
+
+    @property
+    def connection_state_changes(self) -> Stream[ConnectionStateChange]:
+        def subscribe(sink: StreamSink[ConnectionStateChange]) -> Callable[[], None]:
+            self._conn_sinks.append(sink)
+            return lambda: self._remove(self._conn_sinks, sink)
+
+        return Stream(self._thread, subscribe, f"{self.name} connection state changes")
+
+    @property
+    def events(self) -> Stream[SyncEvent]:
+        """Everything the session does, as :class:`~realmsync_nb.observe.SyncEvent`s."""
+
+        def subscribe(sink: StreamSink[SyncEvent]) -> Callable[[], None]:
+            self._event_sinks.append(sink)
+            return lambda: self._remove(self._event_sinks, sink)
+
+        return Stream(self._thread, subscribe, f"{self.name} events")
+
+    def current_progress(self, direction: ProgressDirection) -> SyncProgress:
+        """The REPORT_INDEFINITELY value right now."""
+        view = self._up_view if direction is ProgressDirection.UPLOAD else self._down_view
+        return SyncProgress(*view.view(self._counters(direction)))
+
+    def __repr__(self) -> str:
+        return (
+            f"<Session {self.name} state={self._state.value} connection={self._conn_state.value}>"
+        )
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        from ..notebook import session_mimebundle
+
+        return session_mimebundle(self)
+
+    # -- thread plumbing ------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        if not self._thread.alive:
+            return
+        self._thread.run_sync(fn)
+
+    @staticmethod
+    def _remove(items: list[Any], item: Any) -> None:
+        try:
+            items.remove(item)
+        except ValueError:
+            pass
+
+    async def _in_db(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn)
+
+    # -- lifecycle (sync thread) ----------------------------------------------------
+
+    def _start(self) -> None:
+        def start() -> None:
+            p = self._file.progress()
+            self._upload_ack = p.upload_cursor
+            self._up = Counters(p.uploaded_bytes, p.uploadable_bytes)
+            self._down = Counters(p.downloaded_bytes, p.downloaded_bytes)
+            self._up_view = IndefiniteView(self._up)
+            self._down_view = IndefiniteView(self._down)
+            self._runner = self._thread.loop.create_task(self._run())
+
+        self._thread.run_sync(start)
+
+    def _close(self) -> None:
+        def close() -> None:
+            self._transition("close")
+            self._stop_runner()
+            self._fail_waits(SessionInactiveError("the realm was closed"))
+            for esink in self._event_sinks:
+                esink.close()
+            for csink in self._conn_sinks:
+                csink.close()
+            self._event_sinks.clear()
+            self._conn_sinks.clear()
+            for reg in self._progress:
+                reg.sink.close()
+            self._progress.clear()
+
+        if self._thread.alive:
+            self._thread.run_sync(close)
+            runner = self._runner
+            if runner is not None and not self._thread.on_thread:
+                # Let the cancelled connection loop unwind before the file closes.
+                async def join() -> None:
+                    await asyncio.gather(runner, return_exceptions=True)
+
+                try:
+                    asyncio.run_coroutine_threadsafe(join(), self._thread.loop).result(10)
+                except (concurrent.futures.TimeoutError, RuntimeError):
+                    pass
+        self._db.shutdown(wait=True)
+
+    def _transition(self, event: str) -> bool:
+        nxt = SESSION_TRANSITIONS.get((self._state, event))
+        if nxt is None or nxt is self._state:
+            return False
+        prev, self._state = self._state, nxt
+        self._emit(EventKind.STATE, previous=prev.value, current=nxt.value)
+        return True
+
+    def _set_connection(self, event: str, error: BaseException | None = None) -> None:
+        nxt = CONNECTION_TRANSITIONS.get((self._conn_state, event))
+        if nxt is None or nxt is self._conn_state:
+            return
+        prev, self._conn_state = self._conn_state, nxt
+        change = ConnectionStateChange(prev, nxt)
+        for sink in list(self._conn_sinks):
+            sink.push(change)
+        self._emit(
+            EventKind.CONNECTION,
+            previous=prev.value,
+            current=nxt.value,
+            message=str(error) if error else None,
+        )
+
+    def _pause(self) -> None:
+        if not self._transition("pause"):
+            return
+        self._emit(EventKind.PAUSE, current=self._state.value)
+        self._stop_runner()
+        self._fail_waits(
+            SessionPausedError(
+                "the session was paused while this wait was pending; resume() and wait again"
+            )
+        )
+
+    def _resume(self) -> None:
+        if self._state is SS.PAUSED:
+            self._transition("resume")
+            self._emit(EventKind.RESUME, current=self._state.value)
+            self._backoff.reset()
+            self._runner = self._thread.loop.create_task(self._run())
+        elif self._state is not SS.INACTIVE:
+            self._reconnect_now()
+
+    def _reconnect_now(self) -> None:
+        self._backoff.reset()
+        self._wake_reconnect.set()
+
+    def _stop_runner(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+        ws = self._ws
+        if ws is not None:
+            ws.transport.abort()  # pause means now; no close handshake to wait for
+        self._set_connection("lost")
+        self._unassign_marks()
+
+    # -- waiters ----------------------------------------------------------------------
+
+    def _fail_if_inactive(self, fut: SyncFuture[None]) -> bool:
+        if self._state is SS.INACTIVE:
+            fut.set_exception_if_pending(
+                SessionInactiveError("the session is inactive", cause=self.last_error)
+            )
+            return True
+        return False
+
+    def _finish_wait(self, fut: SyncFuture[None], direction: str) -> None:
+        if not fut.done():
+            fut.set_result_if_pending(None)
+            self._emit(EventKind.WAIT, direction=direction, outcome="done")
+
+    def _remove_upload_waiter(self, entry: tuple[int, SyncFuture[None]]) -> None:
+        self._remove(self._upload_waiters, entry)
+        self._emit(EventKind.WAIT, direction="upload", outcome="cancelled")
+
+    def _remove_download_waiter(self, fut: SyncFuture[None]) -> None:
+        self._remove(self._download_waiters, fut)
+        for futs in self._marks.values():
+            self._remove(futs, fut)
+        self._emit(EventKind.WAIT, direction="download", outcome="cancelled")
+
+    def _fail_waits(self, exc: Exception) -> None:
+        futs = [("upload", f) for _, f in self._upload_waiters]
+        futs += [("download", f) for f in self._download_waiters]
+        for lst in self._marks.values():
+            futs += [("download", f) for f in lst]
+        self._upload_waiters.clear()
+        self._download_waiters.clear()
+        self._marks.clear()
+        for direction, f in futs:
+            if not f.done():
+                f.set_exception_if_pending(exc)
+                self._emit(EventKind.WAIT, direction=direction, outcome="failed", message=str(exc))
+
+    def _check_upload_waiters(self) -> None:
+        if not self._upload_waiters:
+            return
+        keep = []
+        for target, fut in self._upload_waiters:
+            if self._upload_ack >= target:
+                self._finish_wait(fut, "upload")
+            elif not fut.done():
+                keep.append((target, fut))
+        self._upload_waiters = keep
+
+    def _send_mark(self) -> None:
+        ws, proto = self._ws, self._protocol
+        if ws is None or proto is None or self._conn_state is not CS.CONNECTED:
+            return  # sent on the next connect
+        waiting = [f for f in self._download_waiters if not f.done()]
+        self._download_waiters.clear()
+        if not waiting:
+            return
+        rid = next(self._mark_ids)
+        self._marks[rid] = waiting
+        data = proto.mark(rid)
+        asyncio.get_running_loop().create_task(self._send_quietly(ws, data))
+
+    @staticmethod
+    async def _send_quietly(ws: ClientConnection, data: bytes) -> None:
+        try:
+            await ws.send(data)
+        except ConnectionClosed:
+            pass  # the connection loop notices and re-sends the MARK after reconnecting
+
+    def _unassign_marks(self) -> None:
+        for futs in self._marks.values():
+            self._download_waiters.extend(f for f in futs if not f.done())
+        self._marks.clear()
+
+    # -- events and progress -----------------------------------------------------------
+
+    def _emit(self, kind: EventKind, **fields: Any) -> None:
+        if not self._event_sinks:
+            return
+        event = SyncEvent(now(), self.name, kind, **fields)
+        for sink in list(self._event_sinks):
+            sink.push(event)
+
+    def _counters(self, direction: ProgressDirection) -> Counters:
+        return self._up if direction is ProgressDirection.UPLOAD else self._down
+
+    def _report(self, reg: _ProgressReg) -> None:
+        c = self._counters(reg.direction)
+        if reg.outstanding is not None:
+            p = SyncProgress(*reg.outstanding.view(c))
+        else:
+            view = self._up_view if reg.direction is ProgressDirection.UPLOAD else self._down_view
+            p = SyncProgress(*view.view(c))
+        if p != reg.last:
+            reg.last = p
+            reg.sink.push(p)
+        if reg.outstanding is not None and reg.outstanding.finished:
+            self._remove(self._progress, reg)
+            reg.sink.close()
+
+    def _progress_changed(self, direction: ProgressDirection) -> None:
+        c = self._counters(direction)
+        view = self._up_view if direction is ProgressDirection.UPLOAD else self._down_view
+        done, total, est = view.view(c)
+        self._emit(
+            EventKind.PROGRESS,
+            direction=direction.value,
+            transferred=done,
+            transferable=total,
+            estimate=est,
+        )
+        for reg in [r for r in self._progress if r.direction is direction]:
+            self._report(reg)
+
+    def _local_commit(self, version: int, nbytes: int) -> None:
+        """Called by Realm after a local commit of ``nbytes`` changeset bytes (any thread)."""
+
+        def update() -> None:
+            if self._state is SS.INACTIVE:
+                return
+            self._up = Counters(self._up.transferred, self._up.transferable + nbytes)
+            self._progress_changed(ProgressDirection.UPLOAD)
+            self._upload_wake.set()
+
+        if self._thread.alive:
+            self._thread.call(update)
+
+    # -- the connection loop ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while self._state not in (SS.PAUSED, SS.INACTIVE):
+            self._set_connection("connect")
+            error: BaseException | None = None
+            try:
+                await self._connect_and_sync()
+            except asyncio.CancelledError:
+                raise
+            except _Fatal as exc:
+                self._become_inactive(exc.error)
+                return
+            except (*_NETWORK_ERRORS, ProtocolError, SyncServerError, AuthError) as exc:
+                error = exc
+            finally:
+                ws, self._ws, self._protocol = self._ws, None, None
+                if ws is not None:
+                    ws.transport.abort()
+                self._unassign_marks()
+            if isinstance(error, AuthError) and error.code not in (0, ErrorCode.TOKEN_EXPIRED):
+                self._become_inactive(error)
+                return
+            if error is not None:
+                self.last_error = error if isinstance(error, RealmSyncError) else None
+                self._emit_error(error)
+            self._set_connection("lost", error)
+            delay = self._backoff.next_delay()
+            self._emit(EventKind.RECONNECT_SCHEDULED, delay=delay)
+            self._wake_reconnect.clear()
+            try:
+                await asyncio.wait_for(self._wake_reconnect.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def _emit_error(self, error: BaseException) -> None:
+        code = getattr(error, "code", None)
+        self._emit(
+            EventKind.ERROR,
+            code=code,
+            message=f"{type(error).__name__}: {error}",
+            retry=getattr(error, "retry", True),
+            fatal=getattr(error, "fatal", False),
+        )
+
+    def _become_inactive(self, error: RealmSyncError) -> None:
+        self.last_error = error
+        self._emit_error(error)
+        self._set_connection("lost", error)
+        self._transition("fatal_error")
+        self._fail_waits(SessionInactiveError(f"the session stopped: {error}", cause=error))
+
+    async def _token(self) -> str:
+        user = self.user
+        if user.access_token_fresh():
+            return user.access_token
+        self._transition("token_needed")
+        try:
+            token = await user.refresh_access_token()
+        except AuthError as exc:
+            if exc.code in (0, ErrorCode.TOKEN_EXPIRED):  # unreachable server: retry later
+                raise
+            raise _Fatal(exc) from None
+        self._transition("token_refreshed")
+        return token
+
+    async def _connect_and_sync(self) -> None:
+        t = self._timeouts
+        token = await self._token()
+        p = await self._in_db(self._file.progress)
+        proto = ClientProtocol(p.download_cursor, p.upload_cursor, p.latest_client_version)
+        url = self._app.config.base_url.rstrip("/") + "/sync"
+        async with asyncio.timeout(t.connect_timeout):
+            ws = await connect(
+                url,
+                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                compression=None,
+                proxy=None,
+                ping_interval=None,
+                max_size=MAX_MESSAGE_SIZE + 1024,
+                open_timeout=t.connect_timeout,
+                close_timeout=1,
+            )
+            self._ws, self._protocol = ws, proto
+            schema = tuple(self._file.schema.values())
+            await ws.send(proto.bind(token, self._file.client_id, schema))
+            first = await ws.recv()
+        await self._handle(proto, first)  # the bind acknowledgement (or an error)
+        self._send_mark()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._reader(ws, proto))
+            tg.create_task(self._uploader(ws, proto, p.upload_cursor))
+            tg.create_task(self._heartbeat(ws, proto))
+
+    async def _reader(self, ws: ClientConnection, proto: ClientProtocol) -> None:
+        async for data in ws:
+            await self._handle(proto, data)
+        raise ConnectionError("the server closed the connection")
+
+    _pong: asyncio.Event | None = None
+    _ping_sent: float = 0.0
+
+    async def _handle(self, proto: ClientProtocol, data: bytes | str) -> None:
+        msg = proto.receive(data if isinstance(data, bytes) else data.encode())
+        if isinstance(msg, Download):
+            if self._conn_state is CS.CONNECTING:  # the first DOWNLOAD acknowledges BIND
+                self._set_connection("bound")
+                self._backoff.reset()
+            await self._integrate(msg)
+        elif isinstance(msg, Mark):
+            for fut in self._marks.pop(msg.request_id, []):
+                self._finish_wait(fut, "download")
+        elif isinstance(msg, Pong):
+            if self._pong is not None:
+                self._pong.set()
+            self._emit(EventKind.HEARTBEAT, latency=time.monotonic() - self._ping_sent)
+        elif isinstance(msg, Error):
+            err = SyncServerError(
+                msg.message,
+                code=msg.code,
+                retry=msg.retry,
+                backoff=msg.backoff,
+                fatal=msg.fatal or msg.code in FATAL_CODES,
+            )
+            if msg.backoff is not None:
+                self._backoff.hint(msg.backoff)
+            if err.fatal or not msg.retry:
+                if msg.code == ErrorCode.TOKEN_EXPIRED:
+                    self.user._expires_at = 0.0  # refresh on the next attempt
+                    raise err
+                raise _Fatal(err)
+            raise err
+
+    async def _integrate(self, msg: Download) -> None:
+        bodies = [c.body for c in msg.changesets]
+        old_ack = self._upload_ack
+        if bodies or msg.upload_ack > old_ack or msg.download_cursor:
+            try:
+                result = await self._in_db(
+                    lambda: self._file.integrate(msg.download_cursor, bodies, msg.upload_ack)
+                )
+            except DecodeError as exc:
+                raise ProtocolError(
+                    f"the server sent a bad changeset: {exc}", code=ErrorCode.BAD_CHANGESET
+                ) from None
+        else:  # pragma: no cover - a bind ack with nothing at all
+            return
+        if result.changesets:
+            self._emit(
+                EventKind.DOWNLOAD_INTEGRATED,
+                bytes=result.bytes,
+                changesets=result.changesets,
+                server_version=msg.download_cursor,
+                remaining_bytes=msg.remaining_bytes,
+            )
+        down = Counters(
+            self._down.transferred + result.bytes,
+            self._down.transferred + result.bytes + msg.remaining_bytes,
+        )
+        if down != self._down:
+            self._down = down
+            self._progress_changed(ProgressDirection.DOWNLOAD)
+        if msg.upload_ack > old_ack:
+            self._upload_ack = msg.upload_ack
+            sent = [self._sent_at.pop(cv) for cv in list(self._sent_at) if cv <= msg.upload_ack]
+            self._emit(
+                EventKind.UPLOAD_ACKED,
+                bytes=result.acked_bytes,
+                changesets=result.acked_changesets,
+                client_version=msg.upload_ack,
+                latency=(time.monotonic() - min(sent)) if sent else None,
+            )
+            if result.acked_bytes:
+                self._up = Counters(
+                    self._up.transferred + result.acked_bytes, self._up.transferable
+                )
+                self._progress_changed(ProgressDirection.UPLOAD)
+            self._check_upload_waiters()
+
+    async def _uploader(self, ws: ClientConnection, proto: ClientProtocol, acked: int) -> None:
+        sent = acked  # everything unacknowledged is re-sent; the server skips duplicates
+        max_bytes = self._app.config.upload_batch_bytes
+        while True:
+            self._upload_wake.clear()
+            batch = await self._in_db(
+                functools.partial(self._file.pending_uploads, sent, max_bytes)
+            )
+            if not batch:
+                await self._upload_wake.wait()
+                continue
+            data = proto.upload(batch)
+            await ws.send(data)
+            stamp = time.monotonic()
+            for cv, _ in batch:
+                self._sent_at.setdefault(cv, stamp)
+            sent = batch[-1][0]
+            self._emit(
+                EventKind.UPLOAD_SENT,
+                bytes=sum(len(b) for _, b in batch),
+                changesets=len(batch),
+                client_version=sent,
+            )
+
+    async def _heartbeat(self, ws: ClientConnection, proto: ClientProtocol) -> None:
+        t = self._timeouts
+        nonce = 0
+        while True:
+            await asyncio.sleep(t.ping_interval)
+            nonce += 1
+            self._pong = asyncio.Event()
+            self._ping_sent = time.monotonic()
+            await ws.send(proto.ping(nonce))
+            try:
+                await asyncio.wait_for(self._pong.wait(), t.pong_timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"no PONG within {t.pong_timeout} s: the connection is dead"
+                ) from None

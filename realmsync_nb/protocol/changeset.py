@@ -1,0 +1,407 @@
+"""Changesets: what one write transaction did, and the rules that merge them.
+
+A changeset is one committed transaction: a clock ``(ts, origin)`` and a list of
+instructions, at most one per object (see :func:`compact`). ``ts`` is a hybrid
+logical clock reading (see :class:`HybridClock`) and ``origin`` the writing
+replica's peer id, so clocks are unique and totally ordered.
+
+Merge rules (docs/merge-rules.md). Every replica keeps, per object, the clock
+of the latest CREATE, the clock of the latest DELETE, and a clock per field:
+
+* CREATE sets ``created = max(created, c)`` and each field it carries whose
+  clock is older than ``c``;
+* UPDATE sets each field it carries whose clock is older than ``c``; it never
+  makes an object exist, so a delete beats a concurrent update;
+* DELETE sets ``deleted = max(deleted, c)``;
+* an object exists when ``created > deleted``.
+
+Each rule takes maxima, so applying changesets in any order, or twice, gives the
+same state: replicas converge.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from .schema import TableSchema, Value, ValueType, check_value
+from .wire import DecodeError, Reader, Writer
+
+__all__ = [
+    "Changeset",
+    "Clock",
+    "HybridClock",
+    "Instruction",
+    "ObjectState",
+    "Op",
+    "apply_instruction",
+    "compact",
+    "decode_changeset",
+    "encode_changeset",
+    "fold",
+    "pk_key",
+    "validate_changeset",
+]
+
+Clock = tuple[int, int]  # (hybrid timestamp, origin peer id)
+CHANGESET_FORMAT = 1
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+
+class Op(IntEnum):
+    CREATE = 1
+    UPDATE = 2
+    DELETE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    op: Op
+    table: str
+    pk: Value
+    values: tuple[tuple[str, Value], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Changeset:
+    ts: int
+    origin: int
+    instructions: tuple[Instruction, ...]
+
+    @property
+    def clock(self) -> Clock:
+        return (self.ts, self.origin)
+
+
+# -- values -----------------------------------------------------------------
+
+_T_NULL, _T_INT, _T_FLOAT, _T_STR, _T_FALSE, _T_TRUE = 0, 1, 2, 3, 4, 5
+_T_BYTES, _T_DATETIME, _T_UUID, _T_DECIMAL = 6, 7, 8, 9
+
+
+def _write_value(w: Writer, v: Value) -> None:
+    # Order matters: bool before int, since bool is an int subclass.
+    if v is None:
+        w.byte(_T_NULL)
+    elif v is True:
+        w.byte(_T_TRUE)
+    elif v is False:
+        w.byte(_T_FALSE)
+    elif isinstance(v, int):
+        w.byte(_T_INT)
+        w.sint(v)
+    elif isinstance(v, str):
+        w.byte(_T_STR)
+        w.str_(v)
+    elif isinstance(v, float):
+        w.byte(_T_FLOAT)
+        w.f64(v)
+    elif isinstance(v, bytes):
+        w.byte(_T_BYTES)
+        w.bytes_(v)
+    elif isinstance(v, _dt.datetime):
+        w.byte(_T_DATETIME)
+        w.sint(datetime_to_micros(v))
+    elif isinstance(v, uuid.UUID):
+        w.byte(_T_UUID)
+        w.raw(v.bytes)
+    elif isinstance(v, decimal.Decimal):
+        w.byte(_T_DECIMAL)
+        w.str_(str(v))
+    else:
+        raise TypeError(f"cannot encode {type(v).__name__}")
+
+
+def _read_value(r: Reader) -> Value:
+    tag = r.byte()
+    if tag == _T_STR:
+        return r.str_()
+    if tag == _T_INT:
+        v = r.sint()
+        if not -(1 << 63) <= v < (1 << 63):
+            raise DecodeError("integer value out of 64-bit range")
+        return v
+    if tag == _T_NULL:
+        return None
+    if tag == _T_TRUE:
+        return True
+    if tag == _T_FALSE:
+        return False
+    if tag == _T_FLOAT:
+        return r.f64()
+    if tag == _T_BYTES:
+        return r.bytes_()
+    if tag == _T_DATETIME:
+        return micros_to_datetime(r.sint())
+    if tag == _T_UUID:
+        return uuid.UUID(bytes=r.raw(16))
+    if tag == _T_DECIMAL:
+        s = r.str_()
+        try:
+            d = decimal.Decimal(s)
+        except decimal.InvalidOperation:
+            raise DecodeError(f"invalid decimal {s[:40]!r}") from None
+        if not d.is_finite():
+            raise DecodeError("decimal must be finite")
+        return d
+    raise DecodeError(f"unknown value tag {tag}")
+
+
+def datetime_to_micros(v: _dt.datetime) -> int:
+    delta = v - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def micros_to_datetime(us: int) -> _dt.datetime:
+    try:
+        return _EPOCH + _dt.timedelta(microseconds=us)
+    except OverflowError:
+        raise DecodeError("datetime out of range") from None
+
+
+# -- codec ------------------------------------------------------------------
+
+
+def encode_changeset(cs: Changeset) -> bytes:
+    """Encode ``cs``; names are interned in a string table at the front."""
+    names: dict[str, int] = {}
+
+    def ref(name: str) -> int:
+        idx = names.get(name)
+        if idx is None:
+            idx = names[name] = len(names)
+        return idx
+
+    body = Writer()
+    body.uint(len(cs.instructions))
+    for ins in cs.instructions:
+        body.byte(ins.op)
+        body.uint(ref(ins.table))
+        _write_value(body, ins.pk)
+        if ins.op != Op.DELETE:
+            body.uint(len(ins.values))
+            for name, value in ins.values:
+                body.uint(ref(name))
+                _write_value(body, value)
+    w = Writer()
+    w.byte(CHANGESET_FORMAT)
+    w.uint(cs.ts)
+    w.uint(cs.origin)
+    w.uint(len(names))
+    for name in names:
+        w.str_(name)
+    w.raw(body.buf)
+    return w.getvalue()
+
+
+def decode_changeset(data: bytes) -> Changeset:
+    """Decode a changeset.
+
+    Raises:
+        DecodeError: the bytes are not a well-formed changeset.
+    """
+    r = Reader(data)
+    fmt = r.byte()
+    if fmt != CHANGESET_FORMAT:
+        raise DecodeError(f"unknown changeset format {fmt}")
+    ts = r.uint()
+    origin = r.uint()
+    n_names = r.uint()
+    if n_names > len(data):
+        raise DecodeError("string table larger than the changeset")
+    names = [r.str_() for _ in range(n_names)]
+    n = r.uint()
+    if n > len(data):
+        raise DecodeError("instruction count larger than the changeset")
+    out: list[Instruction] = []
+    for _ in range(n):
+        op_b = r.byte()
+        if op_b not in (1, 2, 3):
+            raise DecodeError(f"unknown instruction {op_b}")
+        op = Op(op_b)
+        table = _name(names, r.uint())
+        pk = _read_value(r)
+        values: tuple[tuple[str, Value], ...] = ()
+        if op != Op.DELETE:
+            nv = r.uint()
+            if nv > len(data):
+                raise DecodeError("value count larger than the changeset")
+            values = tuple((_name(names, r.uint()), _read_value(r)) for _ in range(nv))
+        out.append(Instruction(op, table, pk, values))
+    r.expect_end()
+    return Changeset(ts, origin, tuple(out))
+
+
+def _name(names: list[str], idx: int) -> str:
+    if idx >= len(names):
+        raise DecodeError(f"string index {idx} outside the table of {len(names)}")
+    return names[idx]
+
+
+def validate_changeset(cs: Changeset, schema: Mapping[str, TableSchema]) -> str | None:
+    """Return why ``cs`` breaks ``schema`` (first problem found), or None."""
+    seen: set[tuple[str, object]] = set()
+    for ins in cs.instructions:
+        table = schema.get(ins.table)
+        if table is None:
+            return f"unknown table {ins.table!r}"
+        problem = check_value(table.primary_key, ins.pk)
+        if problem is not None or ins.pk is None:
+            return f"{ins.table}: bad primary key: {problem or 'None'}"
+        key = (ins.table, ins.pk)
+        if key in seen:
+            return f"{ins.table}: object {ins.pk!r} appears twice in one changeset"
+        seen.add(key)
+        names: set[str] = set()
+        for name, value in ins.values:
+            f = table.field(name)
+            if f is None:
+                return f"{ins.table}: unknown field {name!r}"
+            if f.primary_key:
+                return f"{ins.table}: the primary key {name} cannot be set"
+            if name in names:
+                return f"{ins.table}: field {name} set twice"
+            names.add(name)
+            problem = check_value(f, value)
+            if problem is not None:
+                return f"{ins.table}: {problem}"
+    return None
+
+
+# -- compaction -------------------------------------------------------------
+
+
+def compact(instructions: Iterable[Instruction]) -> tuple[Instruction, ...]:
+    """Fold a transaction's instructions into at most one net instruction per object.
+
+    The result has the same effect as the input applied in order, under a single
+    clock: a DELETE wins over what came before it, a CREATE after a DELETE
+    re-creates, and UPDATEs fold into the CREATE or UPDATE they follow.
+    """
+    net: dict[tuple[str, object], Instruction] = {}
+    for ins in instructions:
+        key = (ins.table, pk_key(ins.pk))
+        folded = fold(net.get(key), ins)
+        if folded is not None:
+            net[key] = folded
+    return tuple(net.values())
+
+
+def fold(prev: Instruction | None, ins: Instruction) -> Instruction | None:
+    """The net instruction of ``prev`` followed by ``ins`` on the same object.
+
+    Returns None only when both are absent in effect (an UPDATE with nothing before
+    it is kept: it updates an object created in an earlier transaction).
+    """
+    if prev is None:
+        return ins
+    if ins.op == Op.DELETE:
+        return Instruction(Op.DELETE, ins.table, ins.pk)
+    if ins.op == Op.CREATE:
+        if prev.op == Op.DELETE:
+            return ins
+        return Instruction(Op.CREATE, ins.table, ins.pk, _merge_values(prev.values, ins.values))
+    if prev.op == Op.DELETE:
+        return prev  # an update of a deleted object does nothing
+    return Instruction(prev.op, prev.table, prev.pk, _merge_values(prev.values, ins.values))
+
+
+def pk_key(pk: Value) -> object:
+    # 1 == True in Python; primary keys are never bool, but keep keys typed.
+    return (type(pk), pk)
+
+
+def _merge_values(
+    old: tuple[tuple[str, Value], ...], new: tuple[tuple[str, Value], ...]
+) -> tuple[tuple[str, Value], ...]:
+    d = dict(old)
+    d.update(new)
+    return tuple(d.items())
+
+
+# -- merge ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ObjectState:
+    """One object's merge state: existence clocks, field values and field clocks."""
+
+    created: Clock | None = None
+    deleted: Clock | None = None
+    values: dict[str, Value] = field(default_factory=dict)
+    clocks: dict[str, Clock] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return self.created is not None and (self.deleted is None or self.created > self.deleted)
+
+
+_ZERO: Clock = (0, 0)
+
+
+def apply_instruction(state: ObjectState, ins: Instruction, clock: Clock) -> bool:
+    """Apply one instruction at ``clock`` to ``state`` in place.
+
+    Returns:
+        Whether anything in ``state`` changed.
+    """
+    changed = False
+    if ins.op == Op.DELETE:
+        if state.deleted is None or clock > state.deleted:
+            state.deleted = clock
+            changed = True
+        return changed
+    if ins.op == Op.CREATE and (state.created is None or clock > state.created):
+        state.created = clock
+        changed = True
+    clocks = state.clocks
+    for name, value in ins.values:
+        if clock > clocks.get(name, _ZERO):
+            clocks[name] = clock
+            state.values[name] = value
+            changed = True
+    return changed
+
+
+# -- clock ------------------------------------------------------------------
+
+
+class HybridClock:
+    """A hybrid logical clock: wall-clock microseconds, never going backwards.
+
+    ``tick()`` returns a value greater than every value it returned or
+    ``observe()``d before, so a write made after integrating a remote change is
+    ordered after it even when this machine's clock is behind.
+    """
+
+    __slots__ = ("last", "now")
+
+    def __init__(self, last: int = 0, now: Callable[[], int] | None = None) -> None:
+        self.last = last
+        self.now = now if now is not None else time.time_ns
+
+    def tick(self) -> int:
+        wall: int = self.now() // 1000
+        self.last = wall if wall > self.last else self.last + 1
+        return self.last
+
+    def observe(self, ts: int) -> None:
+        if ts > self.last:
+            self.last = ts
+
+
+VALUE_DEFAULTS: dict[ValueType, Value] = {
+    ValueType.INT: 0,
+    ValueType.FLOAT: 0.0,
+    ValueType.STR: "",
+    ValueType.BOOL: False,
+    ValueType.BYTES: b"",
+    ValueType.DATETIME: _EPOCH,
+    ValueType.UUID: uuid.UUID(int=0),
+    ValueType.DECIMAL: decimal.Decimal(0),
+}

@@ -1,0 +1,374 @@
+"""The sync server: WebSocket connections driving protocol.server over a storage engine.
+
+Two paths: ``/auth`` answers AUTH_REQUESTs (register, log in, refresh) and ``/sync``
+carries one sync session per connection. Each session has a sender task that
+streams the durable history from the client's download cursor in bounded batches;
+``await ws.send`` applies backpressure, so a slow or stalled client holds at most
+one batch in memory and nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from ..errors import AuthError, ProtocolError
+from ..protocol.changeset import Changeset, decode_changeset, validate_changeset
+from ..protocol.messages import (
+    FATAL_CODES,
+    AuthOp,
+    AuthRequest,
+    AuthResponse,
+    Bind,
+    Download,
+    Error,
+    ErrorCode,
+    Mark,
+    Message,
+    Ping,
+    Pong,
+    ServerChangeset,
+    TestCommand,
+    Upload,
+    decode,
+    encode,
+)
+from ..protocol.server import ServerProtocol
+from ..protocol.wire import DecodeError
+from . import auth
+from .storage import ServerStorage
+
+__all__ = ["ServerConfig", "SyncServerCore"]
+
+logger = logging.getLogger("realmsync_nb.server")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    access_token_ttl: float = 30 * 60.0
+    refresh_token_ttl: float = 60 * 24 * 3600.0
+    download_batch_bytes: int = 1 << 20
+    download_batch_count: int = 10_000
+    enable_test_commands: bool = False
+    scrypt_n: int = auth.SCRYPT_N
+
+
+class SyncServerCore:
+    """Connection handling for one server; all on the server's event loop."""
+
+    def __init__(self, storage: ServerStorage, config: ServerConfig | None = None) -> None:
+        self.storage = storage
+        self.config = config or ServerConfig()
+        self.sessions: set[ServerSession] = set()
+
+    async def handle(self, ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request is not None else ""
+        try:
+            if path.rstrip("/") == "/auth":
+                await self._serve_auth(ws)
+            elif path.rstrip("/") in ("/sync", ""):
+                session = ServerSession(self, ws)
+                self.sessions.add(session)
+                try:
+                    await session.run()
+                finally:
+                    self.sessions.discard(session)
+            else:
+                await ws.close(4004, f"unknown path {path}; use /sync or /auth")
+        except ConnectionClosed:
+            pass
+
+    def changes_committed(self, origin: int) -> None:
+        for s in self.sessions:
+            s.wake()
+
+    # -- auth ---------------------------------------------------------------------
+
+    async def _serve_auth(self, ws: ServerConnection) -> None:
+        async for data in ws:
+            try:
+                msg = decode(data if isinstance(data, bytes) else data.encode())
+                if not isinstance(msg, AuthRequest):
+                    raise ProtocolError(
+                        f"{type(msg).__name__} sent to /auth", code=ErrorCode.UNEXPECTED_MESSAGE
+                    )
+                reply: Message = self._auth(msg)
+            except AuthError as exc:
+                reply = Error(exc.code, str(exc), retry=False)
+            except ProtocolError as exc:
+                await ws.send(encode(Error(exc.code, str(exc), retry=False, fatal=True)))
+                await ws.close(1002, "protocol error")
+                return
+            await ws.send(encode(reply))
+
+    def _auth(self, req: AuthRequest) -> AuthResponse:
+        st, cfg = self.storage, self.config
+        key = st.signing_key
+        if req.op == AuthOp.LOGIN_ANONYMOUS:
+            user = st.add_user(None, None, None)
+        elif req.op == AuthOp.REGISTER:
+            email = req.email.strip().lower()
+            if "@" not in email or len(req.password) < 6:
+                raise AuthError(
+                    "registration needs an email address and a password of at least 6 characters",
+                    code=ErrorCode.INVALID_CREDENTIALS,
+                )
+            if st.find_user(email) is not None:
+                raise AuthError(
+                    f"a user with email {email} already exists", code=ErrorCode.USER_EXISTS
+                )
+            salt = auth.new_salt()
+            user = st.add_user(email, salt, auth.hash_password(req.password, salt, cfg.scrypt_n))
+        elif req.op == AuthOp.LOGIN_EMAIL:
+            found = st.find_user(req.email.strip().lower())
+            if (
+                found is None
+                or found.salt is None
+                or found.hash is None
+                or not auth.verify_password(req.password, found.salt, found.hash, cfg.scrypt_n)
+            ):
+                raise AuthError("wrong email or password", code=ErrorCode.INVALID_CREDENTIALS)
+            user = found
+        elif req.op == AuthOp.REFRESH:
+            claims = auth.verify_token(key, req.token, "refresh")
+            found = st.get_user(claims.user_id)
+            if found is None:
+                raise AuthError("the user no longer exists", code=ErrorCode.USER_DISABLED)
+            user = found
+        elif req.op == AuthOp.DELETE_USER:
+            claims = auth.verify_token(key, req.token, "access")
+            st.disable_user(claims.user_id)
+            for s in list(self.sessions):
+                if s.user_id == claims.user_id:
+                    s.fail(
+                        Error(
+                            ErrorCode.USER_DISABLED, "the user was deleted", retry=False, fatal=True
+                        )
+                    )
+            return AuthResponse(claims.user_id, "", "", 0.0)
+        else:  # pragma: no cover - decode only produces known ops
+            raise AuthError(f"unknown auth operation {req.op}", code=ErrorCode.INVALID_CREDENTIALS)
+        if user.disabled:
+            raise AuthError("this user was deleted or disabled", code=ErrorCode.USER_DISABLED)
+        return AuthResponse(
+            user.id,
+            auth.issue_token(key, user.id, "access", cfg.access_token_ttl),
+            auth.issue_token(key, user.id, "refresh", cfg.refresh_token_ttl),
+            cfg.access_token_ttl,
+        )
+
+
+class ServerSession:
+    """One client's sync session on one connection."""
+
+    def __init__(self, core: SyncServerCore, ws: ServerConnection) -> None:
+        self.core = core
+        self.storage = core.storage
+        self.ws = ws
+        self.protocol = ServerProtocol()
+        self.user_id: str | None = None
+        self.client_id = 0
+        self.cursor = 0  # highest server version sent (or skipped as the client's own)
+        self.acked = 0  # highest client version integrated
+        self.ack_sent = -1
+        self.marks: list[int] = []
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        # Test hooks (docs/protocol.md, TEST_COMMAND): the server side can hold back
+        # downloads or leave uploads unintegrated to imitate a busy server.
+        self.downloads_paused = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def fail(self, err: Error) -> None:
+        """Send ``err`` and close, from outside the session's own tasks."""
+        asyncio.get_running_loop().create_task(self._send_error_and_close(err))
+
+    async def _send_error_and_close(self, err: Error) -> None:
+        try:
+            await self.ws.send(encode(err))
+            await self.ws.close(1008 if err.fatal else 1011, err.message[:100])
+        except ConnectionClosed:
+            pass
+
+    async def run(self) -> None:
+        try:
+            async for data in self.ws:
+                if not isinstance(data, bytes):
+                    raise ProtocolError(
+                        "text frames are not part of the protocol", code=ErrorCode.MALFORMED_MESSAGE
+                    )
+                msg = self.protocol.receive(data)
+                await self._dispatch(msg)
+        except ProtocolError as exc:
+            logger.info("client %s: protocol error %s: %s", self.client_id, exc.code, exc)
+            fatal = exc.code in FATAL_CODES
+            await self._send_error_and_close(
+                Error(exc.code, str(exc), retry=not fatal, fatal=fatal)
+            )
+        except AuthError as exc:
+            fatal = exc.code != ErrorCode.TOKEN_EXPIRED
+            await self._send_error_and_close(
+                Error(exc.code, str(exc), retry=not fatal, fatal=fatal)
+            )
+        finally:
+            self.protocol.close()
+            if self._sender is not None:
+                self._sender.cancel()
+                try:
+                    await self._sender
+                except (asyncio.CancelledError, ConnectionClosed):
+                    pass
+
+    async def _dispatch(self, msg: Message) -> None:
+        if isinstance(msg, Upload):
+            self._integrate(msg)
+        elif isinstance(msg, Mark):
+            self.marks.append(msg.request_id)
+            self.wake()
+        elif isinstance(msg, Ping):
+            await self.ws.send(encode(Pong(msg.nonce)))
+        elif isinstance(msg, Bind):
+            self._bind(msg)
+        elif isinstance(msg, TestCommand):
+            await self._test_command(msg)
+
+    def _bind(self, msg: Bind) -> None:
+        st = self.storage
+        claims = auth.verify_token(st.signing_key, msg.access_token, "access")
+        user = st.get_user(claims.user_id)
+        if user is None or user.disabled:
+            raise AuthError("this user was deleted or disabled", code=ErrorCode.USER_DISABLED)
+        try:
+            st.merge_schema(msg.schema)
+        except ValueError as exc:
+            raise ProtocolError(f"schema mismatch: {exc}", code=ErrorCode.SCHEMA_MISMATCH) from None
+        if msg.client_id == 0:
+            raise ProtocolError("client id 0 is reserved", code=ErrorCode.BAD_CLIENT_FILE)
+        client = st.get_client(msg.client_id)
+        if client is None:
+            if msg.download_cursor or msg.upload_cursor:
+                raise ProtocolError(
+                    "this server has no record of the client file, which claims to have "
+                    "synced before (was the server's data reset?); the local file must be "
+                    "reset",
+                    code=ErrorCode.CLIENT_RESET_REQUIRED,
+                )
+            client = st.add_client(msg.client_id, user.id)
+        elif client.user_id != user.id:
+            raise ProtocolError(
+                "this client file belongs to another user; open a separate realm path per user",
+                code=ErrorCode.BAD_CLIENT_FILE,
+            )
+        if msg.download_cursor > st.latest_version() or msg.upload_cursor > (
+            client.last_client_version
+        ):
+            raise ProtocolError(
+                f"the client file is ahead of the server (download cursor "
+                f"{msg.download_cursor} > {st.latest_version()} or upload cursor "
+                f"{msg.upload_cursor} > {client.last_client_version}); the server lost data "
+                "and the local file must be reset",
+                code=ErrorCode.CLIENT_RESET_REQUIRED,
+            )
+        self.user_id = user.id
+        self.client_id = msg.client_id
+        self.cursor = msg.download_cursor
+        self.acked = client.last_client_version
+        self.protocol.bound(client.last_client_version)
+        self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+        self.wake()
+
+    def _integrate(self, msg: Upload) -> None:
+        # Decode and validate everything first: a bad changeset rejects the whole
+        # message, and nothing from it is persisted.
+        schema = self.storage.schema()
+        batch: list[tuple[int, Changeset, bytes]] = []
+        for u in msg.changesets:
+            if u.client_version <= self.acked:
+                continue  # integrated before; the client missed the ack
+            try:
+                cs = decode_changeset(u.body)
+            except DecodeError as exc:
+                raise ProtocolError(
+                    f"changeset {u.client_version} does not decode: {exc}",
+                    code=ErrorCode.BAD_CHANGESET,
+                ) from None
+            if cs.origin != self.client_id:
+                raise ProtocolError(
+                    f"changeset {u.client_version} claims origin {cs.origin}, but this "
+                    f"session's client is {self.client_id}",
+                    code=ErrorCode.BAD_CHANGESET,
+                )
+            problem = validate_changeset(cs, schema)
+            if problem is not None:
+                raise ProtocolError(
+                    f"changeset {u.client_version} breaks the schema: {problem}",
+                    code=ErrorCode.BAD_CHANGESET,
+                )
+            batch.append((u.client_version, cs, u.body))
+        if batch:
+            self.acked = self.storage.integrate(self.client_id, batch)
+            self.core.changes_committed(self.client_id)
+        else:
+            self.wake()  # re-acknowledge duplicates
+
+    async def _send_loop(self) -> None:
+        st, cfg = self.storage, self.core.config
+        first = True
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while not self.downloads_paused:
+                sent = False
+                if self.cursor < st.latest_version():
+                    batch = st.read_history(
+                        self.cursor,
+                        self.client_id,
+                        cfg.download_batch_bytes,
+                        cfg.download_batch_count,
+                    )
+                    remaining = st.remaining_bytes(self.client_id, batch.cursor)
+                    await self._send_download(batch.cursor, remaining, batch.changesets)
+                    sent = True
+                    continue
+                if first or self.ack_sent != self.acked:
+                    await self._send_download(self.cursor, 0, [])
+                    sent = True
+                first = False
+                if self.marks:
+                    marks, self.marks = self.marks, []
+                    for m in marks:
+                        await self.ws.send(encode(Mark(m, self.cursor)))
+                if not sent:
+                    break
+
+    async def _send_download(
+        self, cursor: int, remaining: int, changesets: list[tuple[int, int, bytes]]
+    ) -> None:
+        ack = self.acked
+        await self.ws.send(
+            encode(
+                Download(
+                    cursor,
+                    ack,
+                    remaining,
+                    tuple(ServerChangeset(sv, o, b) for sv, o, b in changesets),
+                )
+            )
+        )
+        self.cursor = cursor
+        self.ack_sent = ack
+
+    async def _test_command(self, msg: TestCommand) -> None:
+        if not self.core.config.enable_test_commands:
+            raise ProtocolError(
+                "test commands are disabled on this server (start it with "
+                "enable_test_commands=True)",
+                code=ErrorCode.UNEXPECTED_MESSAGE,
+            )
+        await self.ws.send(encode(TestCommand(msg.request_id, "unknown", msg.command)))

@@ -1,0 +1,330 @@
+"""Object tables in SQLite, and the merge rules applied to them.
+
+One SQLite table per model, with a column per field (so the file is readable with
+any SQLite tool) and four bookkeeping columns that hold the merge state of
+:class:`~realmsync_nb.protocol.changeset.ObjectState`:
+
+``_created``/``_deleted``  16-byte clocks (big-endian ts, origin) or NULL
+``_clocks``                one 16-byte clock per non-key field, or NULL when every
+                           field's clock equals ``_created`` (the common case)
+``_live``                  1 when the object exists (``_created > _deleted``)
+
+Deleted objects stay as tombstones so a late, older write cannot resurrect them.
+Both the client's realm file and the server's state use this class, so every
+replica applies the merge rules with the same code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import sqlite3
+import struct
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from ..protocol.changeset import (
+    VALUE_DEFAULTS,
+    Changeset,
+    Clock,
+    Instruction,
+    ObjectState,
+    apply_instruction,
+    datetime_to_micros,
+    micros_to_datetime,
+)
+from ..protocol.schema import FieldSchema, TableSchema, Value, ValueType
+
+__all__ = ["ObjectTables", "TableCodec"]
+
+_CLOCK = struct.Struct(">QQ")
+_ZERO_CLOCK = (0, 0)
+
+_SQL_TYPES = {
+    ValueType.INT: "INT",
+    ValueType.FLOAT: "REAL",
+    ValueType.STR: "TEXT",
+    ValueType.BOOL: "INT",
+    ValueType.BYTES: "BLOB",
+    ValueType.DATETIME: "INT",
+    ValueType.UUID: "BLOB",
+    ValueType.DECIMAL: "TEXT",
+}
+
+
+def q(name: str) -> str:
+    """Quote an SQL identifier (names are already checked to be identifiers)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def clock_to_sql(c: Clock | None) -> bytes | None:
+    return None if c is None else _CLOCK.pack(*c)
+
+
+def clock_from_sql(b: bytes | None) -> Clock | None:
+    if b is None:
+        return None
+    ts, origin = _CLOCK.unpack(b)
+    return (ts, origin)
+
+
+def to_sql(ftype: ValueType, v: Value) -> Any:
+    if v is None:
+        return None
+    if ftype is ValueType.BOOL:
+        return 1 if v else 0
+    if ftype is ValueType.DATETIME:
+        assert isinstance(v, _dt.datetime)
+        return datetime_to_micros(v)
+    if ftype is ValueType.UUID:
+        assert isinstance(v, uuid.UUID)
+        return v.bytes
+    if ftype is ValueType.DECIMAL:
+        return str(v)
+    if ftype is ValueType.FLOAT:
+        return float(v)  # type: ignore[arg-type]
+    return v
+
+
+def from_sql(ftype: ValueType, v: Any) -> Value:
+    if v is None:
+        return None
+    if ftype is ValueType.BOOL:
+        return bool(v)
+    if ftype is ValueType.DATETIME:
+        return micros_to_datetime(v)
+    if ftype is ValueType.UUID:
+        return uuid.UUID(bytes=v)
+    if ftype is ValueType.DECIMAL:
+        return decimal.Decimal(v)
+    value: Value = v
+    return value
+
+
+class TableCodec:
+    """SQL statements and row conversion for one table."""
+
+    def __init__(self, schema: TableSchema) -> None:
+        self.schema = schema
+        self.name = schema.name
+        self.pk = schema.primary_key
+        self.fields: tuple[FieldSchema, ...] = schema.fields[1:]
+        self.field_index = {f.name: i for i, f in enumerate(self.fields)}
+        t = q(self.name)
+        cols = [q(self.pk.name)] + [q(f.name) for f in self.fields]
+        meta = ["_created", "_deleted", "_clocks", "_live"]
+        allcols = ", ".join(cols + meta)
+        self.select_state = f"SELECT {allcols} FROM {t} WHERE {q(self.pk.name)} = ?"
+        self.insert = (
+            f"INSERT INTO {t} ({allcols}) VALUES ({', '.join('?' * (len(cols) + len(meta)))})"
+        )
+        sets = ", ".join(f"{c} = ?" for c in cols[1:] + meta)
+        self.update = f"UPDATE {t} SET {sets} WHERE {q(self.pk.name)} = ?"
+        self.select_live = (
+            f"SELECT {', '.join(cols)} FROM {t} WHERE {q(self.pk.name)} = ? AND _live = 1"
+        )
+        self.select_all_live = f"SELECT {', '.join(cols)} FROM {t} WHERE _live = 1 ORDER BY rowid"
+        self.count_live = f"SELECT count(*) FROM {t} WHERE _live = 1"
+        self.select_pks = f"SELECT {q(self.pk.name)} FROM {t} WHERE _live = 1 ORDER BY rowid"
+        self.select_pk_at = self.select_pks + " LIMIT 1 OFFSET ?"
+        self._field_select: dict[str, str] = {
+            f.name: f"SELECT {q(f.name)} FROM {t} WHERE {q(self.pk.name)} = ? AND _live = 1"
+            for f in self.fields
+        }
+
+    def create_sql(self) -> list[str]:
+        t = q(self.name)
+        pk_type = _SQL_TYPES[self.pk.type]
+        cols = [f"{q(self.pk.name)} {pk_type} PRIMARY KEY NOT NULL"]
+        cols += [f"{q(f.name)} {_SQL_TYPES[f.type]}" for f in self.fields]
+        cols += ["_created BLOB", "_deleted BLOB", "_clocks BLOB", "_live INT NOT NULL"]
+        return [f"CREATE TABLE IF NOT EXISTS {t} ({', '.join(cols)})"]
+
+    def field_select(self, name: str) -> str:
+        return self._field_select[name]
+
+    def pk_sql(self, pk: Value) -> Any:
+        return to_sql(self.pk.type, pk)
+
+    def decode_state(self, row: tuple[Any, ...]) -> ObjectState:
+        n = len(self.fields)
+        created = clock_from_sql(row[n + 1])
+        deleted = clock_from_sql(row[n + 2])
+        raw_clocks = row[n + 3]
+        values: dict[str, Value] = {}
+        clocks: dict[str, Clock] = {}
+        if raw_clocks is None:
+            field_clocks = [created or _ZERO_CLOCK] * n
+        else:
+            field_clocks = [(ts, origin) for ts, origin in _CLOCK.iter_unpack(raw_clocks)]
+        for i, f in enumerate(self.fields):
+            c = field_clocks[i]
+            if c != _ZERO_CLOCK:
+                clocks[f.name] = c
+                values[f.name] = from_sql(f.type, row[i + 1])
+        return ObjectState(created, deleted, values, clocks)
+
+    def encode_state(self, state: ObjectState) -> list[Any]:
+        """Column values (without the key) for ``state``, in statement order."""
+        out: list[Any] = []
+        created = state.created
+        uniform = True
+        field_clocks: list[Clock] = []
+        for f in self.fields:
+            c = state.clocks.get(f.name, _ZERO_CLOCK)
+            field_clocks.append(c)
+            if c != created:
+                uniform = False
+            v = state.values.get(f.name)
+            if v is None and not f.optional:
+                v = VALUE_DEFAULTS[f.type]
+            out.append(to_sql(f.type, v))
+        out.append(clock_to_sql(created))
+        out.append(clock_to_sql(state.deleted))
+        out.append(None if uniform else b"".join(_CLOCK.pack(*c) for c in field_clocks))
+        out.append(1 if state.exists else 0)
+        return out
+
+    def decode_values(self, row: tuple[Any, ...]) -> dict[str, Value]:
+        out: dict[str, Value] = {self.pk.name: from_sql(self.pk.type, row[0])}
+        for i, f in enumerate(self.fields):
+            out[f.name] = from_sql(f.type, row[i + 1])
+        return out
+
+
+class ObjectTables:
+    """The model tables of one SQLite connection, with merge-aware writes."""
+
+    def __init__(self, conn: sqlite3.Connection, schema: Iterable[TableSchema] = ()) -> None:
+        self.conn = conn
+        self.codecs: dict[str, TableCodec] = {}
+        self.ensure_schema(schema)
+
+    def ensure_schema(self, schema: Iterable[TableSchema]) -> None:
+        """Create missing tables and add missing columns (schemas only grow)."""
+        for table in schema:
+            old = self.codecs.get(table.name)
+            if old is not None and old.schema == table:
+                continue
+            codec = TableCodec(table)
+            existing = {row[1] for row in self.conn.execute(f"PRAGMA table_info({q(table.name)})")}
+            if not existing:
+                for sql in codec.create_sql():
+                    self.conn.execute(sql)
+            else:
+                for f in codec.fields:
+                    if f.name not in existing:
+                        self.conn.execute(
+                            f"ALTER TABLE {q(table.name)} ADD COLUMN {q(f.name)} "
+                            f"{_SQL_TYPES[f.type]}"
+                        )
+            self.codecs[table.name] = codec
+
+    # -- merge writes ---------------------------------------------------------
+
+    def read_state(self, codec: TableCodec, pk: Value) -> ObjectState | None:
+        row = self.conn.execute(codec.select_state, (codec.pk_sql(pk),)).fetchone()
+        return None if row is None else codec.decode_state(row)
+
+    def write_state(
+        self, codec: TableCodec, pk: Value, state: ObjectState, *, is_new: bool
+    ) -> None:
+        cols = codec.encode_state(state)
+        if is_new:
+            self.conn.execute(codec.insert, [codec.pk_sql(pk), *cols])
+        else:
+            self.conn.execute(codec.update, [*cols, codec.pk_sql(pk)])
+
+    def apply_instruction(self, ins: Instruction, clock: Clock) -> bool:
+        """Merge one instruction; returns whether the object changed.
+
+        Instructions for tables outside this replica's schema are ignored.
+        """
+        codec = self.codecs.get(ins.table)
+        if codec is None:
+            return False
+        state = self.read_state(codec, ins.pk)
+        if state is None:
+            state = ObjectState()
+            apply_instruction(state, ins, clock)
+            self.write_state(codec, ins.pk, state, is_new=True)
+            return True
+        if apply_instruction(state, ins, clock):
+            self.write_state(codec, ins.pk, state, is_new=False)
+            return True
+        return False
+
+    def apply_changeset(self, cs: Changeset) -> int:
+        """Merge every instruction of ``cs``; returns how many objects changed."""
+        clock = cs.clock
+        return sum(self.apply_instruction(ins, clock) for ins in cs.instructions)
+
+    # -- reads ------------------------------------------------------------------
+
+    def codec(self, table: str) -> TableCodec:
+        return self.codecs[table]
+
+    def get(self, table: str, pk: Value) -> dict[str, Value] | None:
+        codec = self.codecs[table]
+        row = self.conn.execute(codec.select_live, (codec.pk_sql(pk),)).fetchone()
+        return None if row is None else codec.decode_values(row)
+
+    def get_field(self, table: str, pk: Value, name: str) -> tuple[bool, Value]:
+        """(exists, value) of one field of a live object."""
+        codec = self.codecs[table]
+        row = self.conn.execute(codec.field_select(name), (codec.pk_sql(pk),)).fetchone()
+        if row is None:
+            return False, None
+        return True, from_sql(codec.fields[codec.field_index[name]].type, row[0])
+
+    def count(self, table: str) -> int:
+        n: int = self.conn.execute(self.codecs[table].count_live).fetchone()[0]
+        return n
+
+    def pks(self, table: str) -> Iterator[Value]:
+        codec = self.codecs[table]
+        for (pk,) in self.conn.execute(codec.select_pks).fetchall():
+            yield from_sql(codec.pk.type, pk)
+
+    def pk_at(self, table: str, index: int) -> Value | None:
+        codec = self.codecs[table]
+        row = self.conn.execute(codec.select_pk_at, (index,)).fetchone()
+        return None if row is None else from_sql(codec.pk.type, row[0])
+
+    def rows(self, table: str) -> list[dict[str, Value]]:
+        codec = self.codecs[table]
+        return [codec.decode_values(r) for r in self.conn.execute(codec.select_all_live)]
+
+    def snapshot(self) -> dict[str, dict[Any, dict[str, Value]]]:
+        """Every live object of every table, keyed by table then primary key."""
+        out: dict[str, dict[Any, dict[str, Value]]] = {}
+        for name, codec in sorted(self.codecs.items()):
+            out[name] = {r[codec.pk.name]: r for r in self.rows(name)}
+        return out
+
+
+def schema_json(tables: Mapping[str, TableSchema]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": t.name,
+            "fields": [
+                {"name": f.name, "type": int(f.type), "optional": f.optional, "pk": f.primary_key}
+                for f in t.fields
+            ],
+        }
+        for t in tables.values()
+    ]
+
+
+def schema_from_json(data: list[dict[str, Any]]) -> dict[str, TableSchema]:
+    return {
+        t["name"]: TableSchema(
+            t["name"],
+            tuple(
+                FieldSchema(f["name"], ValueType(f["type"]), f["optional"], f["pk"])
+                for f in t["fields"]
+            ),
+        )
+        for t in data
+    }

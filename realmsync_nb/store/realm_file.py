@@ -1,0 +1,416 @@
+"""A realm file: one SQLite database holding a replica's objects, history and cursors.
+
+Layout (all in one file, WAL mode):
+
+``_meta``     key/value: client_id, schema, cursors, byte counters, clock
+``_history``  local changesets not yet acknowledged by the server, by client version
+model tables  see :mod:`realmsync_nb.store.objects`
+
+The upload cursor (highest client version the server acknowledged) and the
+download cursor (highest server version integrated) are updated in the same
+SQLite transaction as the data they describe, so a process killed at any point
+resumes exactly where it stopped: nothing is uploaded twice as new work and
+nothing downloaded is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RealmError, SchemaError, ValidationError
+from ..protocol.changeset import (
+    VALUE_DEFAULTS,
+    Changeset,
+    HybridClock,
+    Instruction,
+    ObjectState,
+    Op,
+    apply_instruction,
+    decode_changeset,
+    encode_changeset,
+    fold,
+    pk_key,
+)
+from ..protocol.schema import FieldSchema, TableSchema, Value, check_value
+from .objects import ObjectTables, schema_from_json, schema_json
+
+__all__ = ["FileProgress", "IntegrateResult", "LocalTransaction", "RealmFile"]
+
+FORMAT_VERSION = 1
+_META_DEFAULTS: dict[str, int] = {
+    "download_cursor": 0,
+    "upload_cursor": 0,
+    "uploadable_bytes": 0,
+    "uploaded_bytes": 0,
+    "downloaded_bytes": 0,
+    "hlc": 0,
+}
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open ``path`` the way every realmsync_nb database is opened."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT, rolling back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@dataclass(frozen=True, slots=True)
+class FileProgress:
+    """The persisted sync counters of a realm file."""
+
+    download_cursor: int
+    upload_cursor: int
+    latest_client_version: int
+    uploadable_bytes: int
+    uploaded_bytes: int
+    downloaded_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrateResult:
+    changesets: int
+    bytes: int
+    changed_objects: int
+    acked_changesets: int
+    acked_bytes: int
+
+
+class RealmFile:
+    """One realm file, shared by the user's thread and the sync thread.
+
+    The user-facing connection (reads, local write transactions) and the sync
+    connection (integrating downloads, reading history to upload) are separate
+    SQLite connections, so a long local transaction never blocks network I/O.
+    A lock file keeps a second process from opening the same realm.
+    """
+
+    def __init__(self, path: str, schema: Mapping[str, TableSchema]) -> None:
+        self.path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise RealmError(
+                f"{self.path} is open in another process; close it there first "
+                "(one process per realm file)"
+            ) from None
+        try:
+            self.conn = connect(self.path)
+            self.sync_conn = connect(self.path)
+            self.lock = threading.RLock()  # serialises use of self.conn across user threads
+            with transaction(self.conn):
+                self._init_meta(schema)
+            self.schema = dict(schema)
+            self.objects = ObjectTables(self.conn, self.schema.values())
+            self.sync_objects = ObjectTables(self.sync_conn, self.schema.values())
+            self.client_id = int(self.get_meta("client_id"))
+            self.clock = HybridClock(int(self.get_meta("hlc")))
+            self._clock_lock = threading.Lock()
+            # Highest client version committed here (in memory; the history's
+            # AUTOINCREMENT sequence is the persisted truth).
+            self.latest_client_version = self._latest_client_version(self.conn)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self.closed = False
+
+    # -- setup --------------------------------------------------------------------
+
+    def _init_meta(self, schema: Mapping[str, TableSchema]) -> None:
+        c = self.conn
+        c.execute("CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value)")
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS _history ("
+            "client_version INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"
+        )
+        row = c.execute("SELECT value FROM _meta WHERE key='format_version'").fetchone()
+        if row is None:
+            c.execute("INSERT INTO _meta VALUES ('format_version', ?)", (FORMAT_VERSION,))
+            # A random 63-bit peer id: the tie-break of the merge rules and the
+            # identity the server deduplicates uploads by.
+            c.execute("INSERT INTO _meta VALUES ('client_id', ?)", (secrets.randbits(63) or 1,))
+            c.executemany("INSERT INTO _meta VALUES (?, ?)", _META_DEFAULTS.items())
+            c.execute("INSERT INTO _meta VALUES ('schema', ?)", (json.dumps(schema_json(schema)),))
+            return
+        if int(row[0]) != FORMAT_VERSION:
+            raise SchemaError(
+                f"{self.path} has file format {row[0]}; this version reads {FORMAT_VERSION}"
+            )
+        stored = schema_from_json(
+            json.loads(c.execute("SELECT value FROM _meta WHERE key='schema'").fetchone()[0])
+        )
+        for name, table in schema.items():
+            old = stored.get(name)
+            if old is not None and old != table:
+                raise SchemaError(
+                    f"model {name} differs from the one stored in {self.path}; "
+                    "open a new path (or delete the file) to use the new model"
+                )
+        stored.update(schema)
+        c.execute("UPDATE _meta SET value=? WHERE key='schema'", (json.dumps(schema_json(stored)),))
+
+    def get_meta(self, key: str, conn: sqlite3.Connection | None = None) -> Any:
+        row = (conn or self.conn).execute("SELECT value FROM _meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    # -- local writes (user thread) -----------------------------------------------
+
+    def begin(self) -> LocalTransaction:
+        return LocalTransaction(self)
+
+    def next_clock(self) -> int:
+        with self._clock_lock:
+            return self.clock.tick()
+
+    # -- sync side (sync worker thread, sync_conn) --------------------------------
+
+    @staticmethod
+    def _latest_client_version(c: sqlite3.Connection) -> int:
+        seq = c.execute("SELECT seq FROM sqlite_sequence WHERE name='_history'").fetchone()
+        return int(seq[0]) if seq else 0
+
+    def progress(self) -> FileProgress:
+        c = self.sync_conn
+        meta = dict(c.execute("SELECT key, value FROM _meta").fetchall())
+        return FileProgress(
+            download_cursor=int(meta["download_cursor"]),
+            upload_cursor=int(meta["upload_cursor"]),
+            latest_client_version=self._latest_client_version(c),
+            uploadable_bytes=int(meta["uploadable_bytes"]),
+            uploaded_bytes=int(meta["uploaded_bytes"]),
+            downloaded_bytes=int(meta["downloaded_bytes"]),
+        )
+
+    def pending_uploads(
+        self, after: int, max_bytes: int, max_count: int = 10_000
+    ) -> list[tuple[int, bytes]]:
+        """Local changesets with client version > ``after``, up to about ``max_bytes``."""
+        out: list[tuple[int, bytes]] = []
+        total = 0
+        for cv, body in self.sync_conn.execute(
+            "SELECT client_version, body FROM _history WHERE client_version > ? "
+            "ORDER BY client_version LIMIT ?",
+            (after, max_count),
+        ):
+            if out and total + len(body) > max_bytes:
+                break
+            out.append((cv, body))
+            total += len(body)
+        return out
+
+    def integrate(
+        self, download_cursor: int, changesets: list[bytes], upload_ack: int
+    ) -> IntegrateResult:
+        """Apply server changesets and record both cursors in one transaction.
+
+        Raises:
+            ValueError: a changeset does not decode (wire.DecodeError); nothing is applied.
+        """
+        decoded = [decode_changeset(body) for body in changesets]
+        c = self.sync_conn
+        changed = 0
+        nbytes = sum(len(b) for b in changesets)
+        acked = acked_bytes = 0
+        with transaction(c):
+            for cs in decoded:
+                changed += self.sync_objects.apply_changeset(cs)
+            old_ack = int(self.get_meta("upload_cursor", c))
+            if upload_ack > old_ack:
+                acked, acked_bytes = c.execute(
+                    "SELECT count(*), coalesce(sum(length(body)), 0) FROM _history "
+                    "WHERE client_version > ? AND client_version <= ?",
+                    (old_ack, upload_ack),
+                ).fetchone()
+                c.execute("DELETE FROM _history WHERE client_version <= ?", (upload_ack,))
+                c.execute("UPDATE _meta SET value=? WHERE key='upload_cursor'", (upload_ack,))
+                c.execute(
+                    "UPDATE _meta SET value=value+? WHERE key='uploaded_bytes'", (acked_bytes,)
+                )
+            c.execute(
+                "UPDATE _meta SET value=max(value, ?) WHERE key='download_cursor'",
+                (download_cursor,),
+            )
+            if nbytes:
+                c.execute("UPDATE _meta SET value=value+? WHERE key='downloaded_bytes'", (nbytes,))
+            if decoded:
+                with self._clock_lock:
+                    for cs in decoded:
+                        self.clock.observe(cs.ts)
+                    c.execute("UPDATE _meta SET value=? WHERE key='hlc'", (self.clock.last,))
+        return IntegrateResult(len(decoded), nbytes, changed, int(acked), int(acked_bytes))
+
+    # -- reads --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, dict[Any, dict[str, Value]]]:
+        with self.lock:
+            return self.objects.snapshot()
+
+    def integrity_check(self) -> str:
+        with self.lock:
+            result: str = self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+            return result
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with self.lock:
+            self.conn.close()
+            self.sync_conn.close()
+        os.close(self._lock_fd)
+
+
+class LocalTransaction:
+    """One local write transaction on the user connection.
+
+    Each instruction is validated before it touches the database, folded into the
+    object's net instruction, and the object's row is recomputed from its state
+    before the transaction, so what this replica stores is exactly what every other
+    replica will compute from the committed changeset.
+    """
+
+    def __init__(self, file: RealmFile) -> None:
+        self.file = file
+        self.objects = file.objects
+        file.lock.acquire()
+        try:
+            file.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            file.lock.release()
+            raise
+        self.clock = (file.next_clock(), file.client_id)
+        # key -> (the object's state before this transaction or None, net instruction)
+        self._touched: dict[tuple[str, object], tuple[ObjectState | None, Instruction]] = {}
+        self.done = False
+        self.body_size = 0  # bytes of the committed changeset
+
+    def _check(self, table: str, values: Mapping[str, Value]) -> TableSchema:
+        schema = self.file.schema.get(table)
+        if schema is None:
+            raise RealmError(f"{table} is not in this realm's schema")
+        for name, value in values.items():
+            f = schema.field(name)
+            if f is None:
+                raise ValidationError(f"{table} has no field {name!r}", model=table, field=name)
+            problem = check_value(f, value)
+            if problem is not None:
+                raise ValidationError(f"{table}: {problem}", model=table, field=name)
+        return schema
+
+    def create(self, table: str, values: Mapping[str, Value], *, update: bool) -> Value:
+        schema = self._check(table, values)
+        pkf = schema.primary_key
+        if pkf.name not in values or values[pkf.name] is None:
+            raise ValidationError(
+                f"{table}: the primary key {pkf.name} is missing", model=table, field=pkf.name
+            )
+        pk = values[pkf.name]
+        if not update and self.objects.get(table, pk) is not None:
+            raise ValidationError(
+                f"{table}: an object with {pkf.name}={pk!r} already exists; "
+                "pass update=True to overwrite it",
+                model=table,
+                field=pkf.name,
+            )
+        rest = tuple((f.name, values.get(f.name, _default(f))) for f in schema.fields[1:])
+        self._record(Instruction(Op.CREATE, table, pk, rest))
+        return pk
+
+    def update(self, table: str, pk: Value, name: str, value: Value) -> None:
+        schema = self._check(table, {name: value})
+        if name == schema.primary_key.name:
+            raise RealmError(f"{table}: the primary key {name} cannot be changed")
+        if self.objects.get(table, pk) is None:
+            raise RealmError(f"{table} {pk!r} was deleted; it can no longer be changed")
+        self._record(Instruction(Op.UPDATE, table, pk, ((name, value),)))
+
+    def delete(self, table: str, pk: Value) -> None:
+        if self.objects.get(table, pk) is None:
+            raise RealmError(f"{table} {pk!r} does not exist (already deleted?)")
+        self._record(Instruction(Op.DELETE, table, pk))
+
+    def _record(self, ins: Instruction) -> None:
+        key = (ins.table, pk_key(ins.pk))
+        codec = self.objects.codec(ins.table)
+        entry = self._touched.get(key)
+        if entry is None:
+            base = self.objects.read_state(codec, ins.pk)
+            net = ins
+        else:
+            base, prev = entry
+            net = fold(prev, ins) or ins
+        self._touched[key] = (base, net)
+        state = ObjectState() if base is None else copy.deepcopy(base)
+        apply_instruction(state, net, self.clock)
+        is_new = base is None and entry is None
+        self.objects.write_state(codec, ins.pk, state, is_new=is_new)
+
+    def commit(self) -> int | None:
+        """Commit; returns the new client version, or None if nothing was written."""
+        if self.done:
+            raise RealmError("this transaction has already ended")
+        self.done = True
+        c = self.file.conn
+        try:
+            if self._touched:
+                cs = Changeset(
+                    self.clock[0], self.clock[1], tuple(net for _, net in self._touched.values())
+                )
+                body = encode_changeset(cs)
+                self.body_size = len(body)
+                cur = c.execute("INSERT INTO _history (body) VALUES (?)", (body,))
+                version = cur.lastrowid
+                c.execute(
+                    "UPDATE _meta SET value=value+? WHERE key='uploadable_bytes'", (len(body),)
+                )
+                c.execute("UPDATE _meta SET value=max(value, ?) WHERE key='hlc'", (self.clock[0],))
+            else:
+                version = None
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        finally:
+            self.file.lock.release()
+        if version is not None:
+            self.file.latest_client_version = version
+        return version
+
+    def rollback(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.file.conn.execute("ROLLBACK")
+        finally:
+            self.file.lock.release()
+
+
+def _default(f: FieldSchema) -> Value:
+    return None if f.optional else VALUE_DEFAULTS[f.type]
