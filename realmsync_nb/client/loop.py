@@ -262,7 +262,12 @@ class Stream(Generic[T]):
         if not self._thread.alive:
             sub.close()
             return sub
-        self._thread.call(attach)
+        # Attach before returning, so nothing that happens after listen() returns is
+        # missed and the initial value (progress streams) has been delivered.
+        try:
+            self._thread.run_sync(attach, timeout=30)
+        except RuntimeError:  # the loop closed meanwhile
+            sub.close()
         return sub
 
     def __iter__(self) -> Iterator[T]:

@@ -43,7 +43,9 @@ class IndefiniteView:
         self._prev = c
 
     def view(self, c: Counters) -> tuple[int, int, float]:
-        if self._prev.caught_up and not c.caught_up:
+        if self._prev.caught_up and c.transferable > self._prev.transferable:
+            # New work after a moment of being caught up: a new batch starts. (It may
+            # already be done by now, when one message brought and finished it.)
             self.baseline = self._prev.transferred
         self._prev = c
         done = c.transferred - self.baseline

@@ -1,0 +1,41 @@
+"""Shared test helpers: models, the timeout unit, waiting for conditions."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import realmsync_nb as rs
+
+# Every timeout in the tests is a multiple of UNIT seconds; raise RS_TEST_TIMEOUT_SCALE
+# on a slow machine instead of editing numbers (websockets' tests do the same with MS).
+UNIT = float(os.environ.get("RS_TEST_TIMEOUT_SCALE", "1")) * 1.0
+
+
+def T(n: float = 1) -> float:
+    return n * UNIT
+
+
+class Task(rs.Model):
+    id: str = rs.primary_key()
+    title: str = ""
+    done: bool = False
+    priority: int = 0
+    due: datetime | None = None
+
+
+class Note(rs.Model):
+    id: int = rs.primary_key()
+    text: str = ""
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5, what: str = "condition") -> None:
+    """Poll ``cond`` until true; fail the test with ``what`` after ``timeout`` units."""
+    deadline = time.monotonic() + T(timeout)
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {T(timeout):.1f} s waiting for {what}")
