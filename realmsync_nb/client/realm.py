@@ -75,8 +75,9 @@ class Configuration:
             if not (isinstance(m, type) and issubclass(m, Model) and m is not Model):
                 raise SchemaError(f"{m!r} is not a subclass of rs.Model")
         names = [m.__name__ for m in models]
-        if len(set(names)) != len(names):
-            raise SchemaError(f"model names must be unique: {names}")
+        # Ignoring case: each model is an SQLite table, and SQLite ignores it in names.
+        if len({n.lower() for n in names}) != len(names):
+            raise SchemaError(f"model names must be unique (ignoring case): {names}")
         if path is None:
             server = re.sub(r"[^A-Za-z0-9.-]+", "_", user.app.base_url.split("://", 1)[-1])
             path = os.path.join(default_data_dir(), server, user.id, "default.realm")

@@ -49,7 +49,7 @@ from ..protocol.messages import (
 )
 from ..protocol.progress import Counters, IndefiniteView, OutstandingView
 from ..protocol.wire import DecodeError
-from ..store.realm_file import RealmFile
+from ..store.realm_file import IntegrateResult, RealmFile
 from .loop import Stream, StreamSink, SyncFuture
 from .types import (
     ConnectionState,
@@ -100,6 +100,14 @@ class _Fatal(Exception):
     def __init__(self, error: RealmSyncError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf exception of a (possibly nested) exception group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 class _ProgressReg:
@@ -156,6 +164,7 @@ class Session:
         self._up_view = IndefiniteView(self._up)
         self._down_view = IndefiniteView(self._down)
         self._upload_ack = 0
+        self._download_cursor = 0
 
     # -- public API ---------------------------------------------------------------
 
@@ -527,6 +536,12 @@ class Session:
                 return
             except (*_NETWORK_ERRORS, ProtocolError, SyncServerError, AuthError) as exc:
                 error = exc
+            except Exception as exc:
+                # A bug, not a network condition. Never let it end the loop silently
+                # (the session would claim to be connected while nothing syncs): log
+                # it, report it as an ERROR event, and reconnect with backoff.
+                logger.exception("%s: unexpected error in the sync connection", self.name)
+                error = exc
             finally:
                 ws, self._ws, self._protocol = self._ws, None, None
                 if ws is not None:
@@ -548,7 +563,12 @@ class Session:
                 pass
 
     def _emit_error(self, error: BaseException) -> None:
-        code = getattr(error, "code", None)
+        if isinstance(error, ConnectionClosed):
+            # ConnectionClosed.code is deprecated (websockets 13.1) and warns; a
+            # warning turned into an error here would kill the connection loop.
+            code: int | None = error.rcvd.code if error.rcvd is not None else 1006
+        else:
+            code = getattr(error, "code", None)
         self._emit(
             EventKind.ERROR,
             code=code,
@@ -583,6 +603,7 @@ class Session:
         token = await self._token()
         p = await self._in_db(self._file.progress)
         proto = ClientProtocol(p.download_cursor, p.upload_cursor, p.latest_client_version)
+        self._download_cursor = p.download_cursor
         url = self._app.config.base_url.rstrip("/") + "/sync"
         async with asyncio.timeout(t.connect_timeout):
             ws = await connect(
@@ -601,10 +622,15 @@ class Session:
             first = await ws.recv()
         await self._handle(proto, first)  # the bind acknowledgement (or an error)
         self._send_mark()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._reader(ws, proto))
-            tg.create_task(self._uploader(ws, proto, p.upload_cursor))
-            tg.create_task(self._heartbeat(ws, proto))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._reader(ws, proto))
+                tg.create_task(self._uploader(ws, proto, p.upload_cursor))
+                tg.create_task(self._heartbeat(ws, proto))
+        except BaseExceptionGroup as group:
+            # A TaskGroup wraps the failure that ended the connection; _run classifies
+            # bare exceptions (network error, server error, fatal), so unwrap the first.
+            raise _first_error(group) from None
 
     async def _reader(self, ws: ClientConnection, proto: ClientProtocol) -> None:
         async for data in ws:
@@ -648,7 +674,7 @@ class Session:
     async def _integrate(self, msg: Download) -> None:
         bodies = [c.body for c in msg.changesets]
         old_ack = self._upload_ack
-        if bodies or msg.upload_ack > old_ack or msg.download_cursor:
+        if bodies or msg.upload_ack > old_ack or msg.download_cursor > self._download_cursor:
             try:
                 result = await self._in_db(
                     lambda: self._file.integrate(msg.download_cursor, bodies, msg.upload_ack)
@@ -657,8 +683,9 @@ class Session:
                 raise ProtocolError(
                     f"the server sent a bad changeset: {exc}", code=ErrorCode.BAD_CHANGESET
                 ) from None
-        else:  # pragma: no cover - a bind ack with nothing at all
-            return
+            self._download_cursor = msg.download_cursor
+        else:  # nothing to store: only the remaining byte count may have changed
+            result = IntegrateResult(0, 0, 0, 0, 0)
         if result.changesets:
             self._emit(
                 EventKind.DOWNLOAD_INTEGRATED,

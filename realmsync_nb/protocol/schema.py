@@ -73,6 +73,12 @@ class TableSchema:
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
             raise ValueError(f"table name {self.name!r} is not an identifier")
+        if self.name.startswith("_") or self.name.lower().startswith("sqlite_"):
+            # Such names belong to the database: the store's own tables (_meta,
+            # _history, _users, ...) and SQLite's (sqlite_*) live beside the models'.
+            raise ValueError(
+                f"table name {self.name!r} is reserved: it must not start with '_' or 'sqlite_'"
+            )
         if not self.fields or not self.fields[0].primary_key:
             raise ValueError(f"table {self.name}: the first field must be the primary key")
         if sum(f.primary_key for f in self.fields) != 1:
@@ -158,6 +164,14 @@ def merge_schemas(
     for table in incoming:
         old = merged.get(table.name)
         if old is None:
+            # SQLite folds ASCII case in table and column names: "task" would be the
+            # same table as "Task", and fields "a" and "A" the same column.
+            same = [n for n in merged if _fold(n) == _fold(table.name)]
+            if same:
+                raise ValueError(
+                    f"table {table.name}: differs only in case from the table {same[0]}"
+                )
+            _check_field_case(table, table.fields)
             merged[table.name] = table
             continue
         extra: list[FieldSchema] = []
@@ -173,8 +187,27 @@ def merge_schemas(
                     f"but {_describe(f)} in this client"
                 )
         if extra:
+            _check_field_case(table, old.fields + tuple(extra))
             merged[table.name] = TableSchema(table.name, old.fields + tuple(extra))
     return merged
+
+
+def _fold(name: str) -> str:
+    """``name`` with ASCII letters lowered: how SQLite compares identifiers."""
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _check_field_case(table: TableSchema, fields: Iterable[FieldSchema]) -> None:
+    seen: dict[str, str] = {}
+    for f in fields:
+        other = seen.setdefault(_fold(f.name), f.name)
+        if other != f.name:
+            raise ValueError(
+                f"table {table.name}: field {f.name} differs only in case from field {other}"
+            )
 
 
 def _describe(f: FieldSchema) -> str:

@@ -37,6 +37,7 @@ from ..protocol.messages import (
     decode,
     encode,
 )
+from ..protocol.schema import merge_schemas
 from ..protocol.server import ServerProtocol
 from ..protocol.wire import DecodeError
 from . import auth
@@ -51,7 +52,7 @@ logger = logging.getLogger("realmsync_nb.server")
 class ServerConfig:
     access_token_ttl: float = 30 * 60.0
     refresh_token_ttl: float = 60 * 24 * 3600.0
-    download_batch_bytes: int = 1 << 20
+    download_batch_bytes: int = 256 * 1024
     download_batch_count: int = 10_000
     enable_test_commands: bool = False
     scrypt_n: int = auth.SCRYPT_N
@@ -244,12 +245,16 @@ class ServerSession:
         user = st.get_user(claims.user_id)
         if user is None or user.disabled:
             raise AuthError("this user was deleted or disabled", code=ErrorCode.USER_DISABLED)
+        # Every check comes before anything is stored: a rejected BIND leaves no
+        # trace (no schema change, no client record).
         try:
-            st.merge_schema(msg.schema)
+            merge_schemas(st.schema(), msg.schema)
         except ValueError as exc:
             raise ProtocolError(f"schema mismatch: {exc}", code=ErrorCode.SCHEMA_MISMATCH) from None
-        if msg.client_id == 0:
-            raise ProtocolError("client id 0 is reserved", code=ErrorCode.BAD_CLIENT_FILE)
+        if not 0 < msg.client_id < 1 << 63:  # a 63-bit peer id, stored as SQLite INTEGER
+            raise ProtocolError(
+                f"client id {msg.client_id} is outside 1..2**63-1", code=ErrorCode.BAD_CLIENT_FILE
+            )
         client = st.get_client(msg.client_id)
         if client is None:
             if msg.download_cursor or msg.upload_cursor:
@@ -259,22 +264,23 @@ class ServerSession:
                     "reset",
                     code=ErrorCode.CLIENT_RESET_REQUIRED,
                 )
-            client = st.add_client(msg.client_id, user.id)
         elif client.user_id != user.id:
             raise ProtocolError(
                 "this client file belongs to another user; open a separate realm path per user",
                 code=ErrorCode.BAD_CLIENT_FILE,
             )
-        if msg.download_cursor > st.latest_version() or msg.upload_cursor > (
-            client.last_client_version
-        ):
+        last = client.last_client_version if client is not None else 0
+        if msg.download_cursor > st.latest_version() or msg.upload_cursor > last:
             raise ProtocolError(
                 f"the client file is ahead of the server (download cursor "
                 f"{msg.download_cursor} > {st.latest_version()} or upload cursor "
-                f"{msg.upload_cursor} > {client.last_client_version}); the server lost data "
+                f"{msg.upload_cursor} > {last}); the server lost data "
                 "and the local file must be reset",
                 code=ErrorCode.CLIENT_RESET_REQUIRED,
             )
+        st.merge_schema(msg.schema)
+        if client is None:
+            client = st.add_client(msg.client_id, user.id)
         self.user_id = user.id
         self.client_id = msg.client_id
         self.cursor = msg.download_cursor
@@ -289,6 +295,11 @@ class ServerSession:
         schema = self.storage.schema()
         batch: list[tuple[int, Changeset, bytes]] = []
         for u in msg.changesets:
+            if u.client_version >= 1 << 63:  # stored as SQLite INTEGER
+                raise ProtocolError(
+                    f"client version {u.client_version} is beyond 2**63-1",
+                    code=ErrorCode.BAD_PROGRESS,
+                )
             if u.client_version <= self.acked:
                 continue  # integrated before; the client missed the ack
             try:
@@ -319,7 +330,9 @@ class ServerSession:
 
     async def _send_loop(self) -> None:
         st, cfg = self.storage, self.core.config
-        first = True
+        # The bind acknowledgement: no changesets yet, but the exact number of bytes
+        # to come, so the client's download progress starts at 0 of the real total.
+        await self._send_download(self.cursor, st.remaining_bytes(self.client_id, self.cursor), [])
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -336,10 +349,9 @@ class ServerSession:
                     await self._send_download(batch.cursor, remaining, batch.changesets)
                     sent = True
                     continue
-                if first or self.ack_sent != self.acked:
+                if self.ack_sent != self.acked:
                     await self._send_download(self.cursor, 0, [])
                     sent = True
-                first = False
                 if self.marks:
                     marks, self.marks = self.marks, []
                     for m in marks:

@@ -117,8 +117,8 @@ class RealmFile:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise RealmError(
-                f"{self.path} is open in another process; close it there first "
-                "(one process per realm file)"
+                f"{self.path} is already open (by another Realm in this process or by "
+                "another process); close that Realm first: one opener per realm file"
             ) from None
         try:
             self.conn = connect(self.path)
@@ -136,6 +136,11 @@ class RealmFile:
             # AUTOINCREMENT sequence is the persisted truth).
             self.latest_client_version = self._latest_client_version(self.conn)
         except BaseException:
+            # A failed open (e.g. SchemaError) must not leave connections behind.
+            for name in ("conn", "sync_conn"):
+                opened = self.__dict__.get(name)
+                if opened is not None:
+                    opened.close()
             os.close(self._lock_fd)
             raise
         self.closed = False
