@@ -1,0 +1,639 @@
+"""The sync session (API.md, "The sync session"): real clients through a real server.
+
+One test (or a few, sharing the member's name as prefix) per row of the session
+table, plus the wait/pause interaction and the event stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import gc
+import os
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import realmsync_nb as rs
+from tests.client.syncing import (
+    CONNECTED,
+    CONNECTING,
+    DISCONNECTED,
+    Recorder,
+    add_task,
+    connected,
+    pending_bytes,
+    server_history,
+)
+from tests.conftest import FAST, OpenRealm
+from tests.helpers import T, Task, wait_until
+
+UP, DOWN = rs.ProgressDirection.UPLOAD, rs.ProgressDirection.DOWNLOAD
+INDEFINITELY = rs.ProgressMode.REPORT_INDEFINITELY
+OUTSTANDING = rs.ProgressMode.FOR_CURRENTLY_OUTSTANDING_WORK
+P = rs.SyncProgress
+Change = rs.ConnectionStateChange
+
+
+def settle() -> None:
+    """Give the sync thread a moment, for asserting that something does *not* happen."""
+    time.sleep(T(0.2))
+
+
+def wait_outcomes(events: list[rs.SyncEvent], direction: str) -> list[str | None]:
+    return [e.outcome for e in events if e.kind is rs.EventKind.WAIT and e.direction == direction]
+
+
+# -- state ----------------------------------------------------------------------------
+
+
+def test_state(open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    s = a.sync_session
+    # ACTIVE from the start: the session is logically on even before the network is.
+    assert s.state is rs.SessionState.ACTIVE
+    connected(a)
+    s.pause()
+    assert s.state is rs.SessionState.PAUSED
+    s.resume()
+    assert s.state is rs.SessionState.ACTIVE
+    a.close()
+    assert s.state is rs.SessionState.INACTIVE
+    assert s.connection_state is DISCONNECTED
+    # An inactive session refuses new waits instead of leaving them pending forever.
+    with pytest.raises(rs.SessionInactiveError):
+        s.wait_for_upload().result(T(2))
+    with pytest.raises(rs.SessionInactiveError):
+        s.wait_for_download().result(T(2))
+
+
+# -- connection_state -------------------------------------------------------------------
+
+
+def test_connection_state(server: rs.SyncServer, open_realm: OpenRealm, app: rs.App) -> None:
+    a = open_realm("A")
+    s = a.sync_session
+    assert isinstance(s.connection_state, rs.ConnectionState)
+    connected(a)
+    events = Recorder(s.events)
+
+    s.pause()
+    assert s.connection_state is DISCONNECTED  # pause disconnects before it returns
+    s.resume()
+    connected(a)
+
+    # The network going away changes connection_state, not the session state.
+    port, data_dir = int(server.url.rsplit(":", 1)[1]), server.data_dir
+    server.stop()
+    wait_until(lambda: s.connection_state is not CONNECTED, what="the client to notice")
+    assert s.state is rs.SessionState.ACTIVE
+    wait_until(
+        lambda: any(e.kind is rs.EventKind.RECONNECT_SCHEDULED for e in events.items),
+        what="a reconnect to be scheduled",
+    )
+    errors = [e for e in events.items if e.kind is rs.EventKind.ERROR]
+    assert errors and all(e.message for e in errors), errors
+
+    # ... and the session reconnects by itself once the server is back.
+    add_task(a, "written-offline")
+    again = rs.SyncServer(data_dir=data_dir, port=port, scrypt_n=2**10).start()
+    try:
+        connected(a, timeout=10)
+        s.wait_for_upload().result(T(5))
+        assert "written-offline" in again.snapshot()["Task"]
+    finally:
+        a.close()
+        again.stop()
+
+
+# -- pause / resume ---------------------------------------------------------------------
+
+
+def test_pause(server: rs.SyncServer, open_realm: OpenRealm) -> None:
+    a, b, c = open_realm("A"), open_realm("B"), open_realm("C")
+    connected(a, b, c)
+    sa = a.sync_session
+    a_events = Recorder(sa.events)
+    b_changes = Recorder(b.sync_session.connection_state_changes)
+
+    sa.pause()
+    sa.pause()  # idempotent
+    assert sa.state is rs.SessionState.PAUSED
+    assert sa.connection_state is DISCONNECTED
+    kinds = [e.kind for e in a_events.items]
+    assert kinds.count(rs.EventKind.PAUSE) == 1, kinds
+    assert kinds.count(rs.EventKind.CONNECTION) == 1, kinds
+
+    # Paused stops uploads: A's write stays local.
+    add_task(a, "from-a")
+    # Only A is paused: B and C keep syncing with each other.
+    add_task(b, "from-b")
+    b.sync_session.wait_for_upload().result(T(5))
+    c.sync_session.wait_for_download().result(T(5))
+    assert c.find(Task, "from-b") is not None
+    settle()
+    # Paused stops downloads: A does not get B's write.
+    assert a.find(Task, "from-b") is None
+    assert "from-a" not in server.snapshot()["Task"]
+    assert b.sync_session.state is rs.SessionState.ACTIVE
+    assert b.sync_session.connection_state is CONNECTED
+    assert b_changes.items == []  # B's connection was never touched
+    assert sa.state is rs.SessionState.PAUSED
+
+
+def test_resume(server: rs.SyncServer, open_realm: OpenRealm) -> None:
+    a, b = open_realm("A"), open_realm("B")
+    connected(a, b)
+    sa = a.sync_session
+    a_events = Recorder(sa.events)
+    b_changes = Recorder(b.sync_session.connection_state_changes)
+
+    # resume() on an active, connected session changes nothing.
+    sa.resume()
+    settle()
+    assert sa.state is rs.SessionState.ACTIVE
+    assert sa.connection_state is CONNECTED
+    assert [e for e in a_events.items if e.kind is rs.EventKind.CONNECTION] == []
+
+    sa.pause()
+    add_task(a, "from-a")
+    add_task(b, "from-b")
+    b.sync_session.wait_for_upload().result(T(5))
+
+    sa.resume()
+    sa.resume()  # idempotent
+    assert sa.state is rs.SessionState.ACTIVE
+    connected(a)
+    kinds = [e.kind for e in a_events.items]
+    assert kinds.count(rs.EventKind.RESUME) == 1, kinds
+    # Both directions run again: the paused write goes up, B's write comes down.
+    sa.wait_for_upload().result(T(5))
+    assert "from-a" in server.snapshot()["Task"]
+    sa.wait_for_download().result(T(5))
+    assert a.find(Task, "from-b") is not None
+    b.sync_session.wait_for_download().result(T(5))
+    assert b.find(Task, "from-a") is not None
+    # Pausing and resuming A never touched B.
+    assert b_changes.items == []
+
+
+# -- wait_for_upload ----------------------------------------------------------------------
+
+
+def test_wait_for_upload_completes_at_once_when_nothing_is_pending(open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    connected(a)
+    a.sync_session.wait_for_upload().result(T(1))
+
+
+def test_wait_for_upload_covers_changes_committed_before_the_call(
+    server: rs.SyncServer, open_realm: OpenRealm
+) -> None:
+    a = open_realm("A")
+    connected(a)
+    s = a.sync_session
+    s.pause()
+    for i in range(3):
+        add_task(a, f"t{i}", priority=i)
+    with a.write():
+        a.find(Task, "t0").title = "changed"  # type: ignore[union-attr]
+    s.resume()
+    fut = s.wait_for_upload()
+    assert isinstance(fut, rs.SyncFuture)
+    assert fut.result(T(5)) is None
+    # Acknowledged means the server has it all.
+    tasks = server.snapshot()["Task"]
+    assert sorted(tasks) == ["t0", "t1", "t2"]
+    assert tasks["t0"]["title"] == "changed"
+    assert pending_bytes(a) == 0
+
+
+def test_wait_for_upload_cancel_removes_the_waiter(open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    connected(a)
+    s = a.sync_session
+    events = Recorder(s.events)
+    s.pause()
+    add_task(a, "t1")
+    fut = s.wait_for_upload()
+    settle()
+    assert not fut.done()  # nothing can be acknowledged while paused
+    assert fut.cancel() is True
+    assert fut.cancelled()
+    wait_until(
+        lambda: wait_outcomes(events.items, "upload") == ["started", "cancelled"],
+        what="the session to drop the cancelled waiter",
+    )
+    # Nothing keeps the cancelled future alive: the waiter is gone, not just ignored.
+    ref = weakref.ref(fut)
+    del fut
+    gc.collect()
+    assert ref() is None
+    # The session carries on: a new wait completes, and the old one left no trace.
+    s.resume()
+    s.wait_for_upload().result(T(5))
+    assert wait_outcomes(events.items, "upload") == ["started", "cancelled", "started", "done"]
+
+
+def test_wait_for_upload_is_awaitable(server: rs.SyncServer, open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    add_task(a, "t1")
+
+    async def main() -> str:
+        # The caller's loop keeps running while the sync thread does the work.
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            await a.sync_session.wait_for_upload()
+        finally:
+            ticker.cancel()
+        return "done" if ticks > 0 else "loop was blocked"
+
+    assert asyncio.run(asyncio.wait_for(main(), T(5))) == "done"
+    assert "t1" in server.snapshot()["Task"]
+
+
+# -- wait_for_download --------------------------------------------------------------------
+
+
+def test_wait_for_download(open_realm: OpenRealm) -> None:
+    a, b = open_realm("A"), open_realm("B")
+    connected(a, b)
+    # Nothing new on the server: completes promptly.
+    b.sync_session.wait_for_download().result(T(2))
+
+    for i in range(3):
+        add_task(a, f"t{i}", title=f"from A {i}")
+    a.sync_session.wait_for_upload().result(T(5))
+    fut = b.sync_session.wait_for_download()
+    assert isinstance(fut, rs.SyncFuture)
+    fut.result(T(5))
+    # Integrated locally by the time the wait completes: no polling needed.
+    assert [t.title for t in b.all(Task)] == ["from A 0", "from A 1", "from A 2"]
+
+
+def test_wait_for_download_cancel_removes_the_waiter(open_realm: OpenRealm) -> None:
+    b = open_realm("B")
+    connected(b)
+    s = b.sync_session
+    events = Recorder(s.events)
+    s.pause()
+    fut = s.wait_for_download()
+    settle()
+    assert not fut.done()
+    assert fut.cancel() is True
+    wait_until(
+        lambda: wait_outcomes(events.items, "download") == ["started", "cancelled"],
+        what="the session to drop the cancelled waiter",
+    )
+    ref = weakref.ref(fut)
+    del fut
+    gc.collect()
+    assert ref() is None
+    s.resume()
+    s.wait_for_download().result(T(5))
+    assert wait_outcomes(events.items, "download") == ["started", "cancelled", "started", "done"]
+
+
+# -- waits and pause ------------------------------------------------------------------------
+
+
+def test_pause_fails_pending_waits(server: rs.SyncServer, open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    connected(a)
+    s = a.sync_session
+    # With the server gone, neither wait can complete: both are pending at pause().
+    server.stop()
+    wait_until(lambda: s.connection_state is not CONNECTED, what="the client to notice")
+    add_task(a, "t1")
+    up = s.wait_for_upload()
+    down = s.wait_for_download()
+    settle()
+    assert not up.done() and not down.done()
+
+    s.pause()
+    with pytest.raises(rs.SessionPausedError, match="resume"):
+        up.result(T(2))
+
+    async def await_it() -> None:
+        await down
+
+    with pytest.raises(rs.SessionPausedError):
+        asyncio.run(asyncio.wait_for(await_it(), T(2)))
+    assert isinstance(up.exception(), rs.SessionError)
+
+
+def test_waits_started_while_paused_complete_after_resume(
+    server: rs.SyncServer, open_realm: OpenRealm
+) -> None:
+    a, b = open_realm("A"), open_realm("B")
+    connected(a, b)
+    sa, sb = a.sync_session, b.sync_session
+    sa.pause()
+    sb.pause()
+    add_task(a, "t1")
+    up = sa.wait_for_upload()
+    down = sb.wait_for_download()
+    time.sleep(T(0.3))
+    assert not up.done(), "an upload wait completed while paused"
+    assert not down.done(), "a download wait completed while paused"
+
+    sa.resume()
+    up.result(T(5))
+    assert "t1" in server.snapshot()["Task"]
+    assert not down.done()  # B is still paused
+    sb.resume()
+    down.result(T(5))
+    assert b.find(Task, "t1") is not None
+
+
+# -- get_progress_stream ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", [UP, DOWN])
+def test_get_progress_stream_first_yields_current_progress(
+    open_realm: OpenRealm, direction: rs.ProgressDirection
+) -> None:
+    a = open_realm("A")
+    connected(a)
+    s = a.sync_session
+    indefinite = Recorder(s.get_progress_stream(direction, INDEFINITELY))
+    outstanding = Recorder(s.get_progress_stream(direction, OUTSTANDING))
+    # At once, with nothing outstanding: complete.
+    assert indefinite.wait_for(1, timeout=1) == [P(0, 0, 1.0)]
+    assert outstanding.wait_for(1, timeout=1) == [P(0, 0, 1.0)]
+    wait_until(lambda: outstanding.done == 1, 1, "the outstanding-work stream to close")
+    settle()
+    assert outstanding.items == [P(0, 0, 1.0)] and outstanding.done == 1
+    assert indefinite.done == 0  # REPORT_INDEFINITELY never closes by itself
+    indefinite.cancel()
+
+
+def test_get_progress_stream_blocking_and_async_iteration(open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    connected(a)
+    s = a.sync_session
+    # The outstanding-work stream closes by itself, so plain loops over it end.
+    assert list(s.get_progress_stream(UP, OUTSTANDING)) == [P(0, 0, 1.0)]
+
+    async def collect() -> list[rs.SyncProgress]:
+        return [p async for p in s.get_progress_stream(DOWN, OUTSTANDING)]
+
+    assert asyncio.run(asyncio.wait_for(collect(), T(5))) == [P(0, 0, 1.0)]
+
+
+@pytest.fixture
+def small_batches(server: rs.SyncServer) -> Iterator[rs.App]:
+    """An app whose sessions upload at most ~300 bytes per UPLOAD message."""
+    app = rs.App(rs.AppConfiguration(server.url, sync_timeouts=FAST, upload_batch_bytes=300))
+    yield app
+    app.close()
+
+
+def test_get_progress_stream_upload_for_currently_outstanding_work(
+    open_realm: OpenRealm, small_batches: rs.App
+) -> None:
+    a = open_realm("A", target_app=small_batches)
+    connected(a)
+    s = a.sync_session
+    s.pause()
+    for i in range(6):
+        add_task(a, f"t{i}", title="x" * 150)
+    outstanding = pending_bytes(a)
+    assert outstanding > 900
+    rec = Recorder(s.get_progress_stream(UP, OUTSTANDING))
+    assert rec.wait_for(1) == [P(0, outstanding, 0.0)]
+    # Work committed after registration is not part of this stream's target.
+    add_task(a, "late", title="y" * 150)
+    s.resume()
+    wait_until(lambda: rec.done == 1, what="the stream to close")
+    s.wait_for_upload().result(T(5))
+    settle()
+    items = list(rec.items)
+    assert rec.done == 1
+    assert all(p.transferable_bytes == outstanding for p in items), items
+    estimates = [p.progress_estimate for p in items]
+    assert estimates == sorted(estimates), f"estimates decreased: {items}"
+    assert [p.transferred_bytes for p in items] == sorted(p.transferred_bytes for p in items)
+    # It closes right after yielding 1.0, exactly once, and yields nothing after.
+    assert items[-1] == P(outstanding, outstanding, 1.0)
+    assert estimates.count(1.0) == 1
+    assert len(items) >= 3, f"several batches should report intermediate progress: {items}"
+
+
+def test_get_progress_stream_upload_report_indefinitely(
+    server: rs.SyncServer, open_realm: OpenRealm
+) -> None:
+    a = open_realm("A")
+    connected(a)
+    s = a.sync_session
+    rec = Recorder(s.get_progress_stream(UP, INDEFINITELY))
+    rec.wait_for(1)
+    add_task(a, "t1", title="first")
+    s.wait_for_upload().result(T(5))
+    (_, _, _, body) = server_history(server)[0]
+    n = len(body)  # bytes are encoded changeset bytes
+    wait_until(lambda: len(rec.items) >= 3, what="progress for the commit and the ack")
+    assert rec.items == [P(0, 0, 1.0), P(0, n, 0.0), P(n, n, 1.0)]
+    # It does not close on reaching 1.0; it yields on the next change.
+    add_task(a, "t2", title="second")
+    s.wait_for_upload().result(T(5))
+    wait_until(lambda: len(rec.items) >= 5, what="progress for the second commit")
+    assert rec.items[-1].progress_estimate == 1.0
+    assert rec.done == 0
+    # Until cancelled.
+    rec.cancel()
+    seen = len(rec.items)
+    add_task(a, "t3")
+    s.wait_for_upload().result(T(5))
+    settle()
+    assert len(rec.items) == seen
+    assert rec.done == 0
+
+
+def test_get_progress_stream_download_is_exact(tmp_path: Path, open_realm: OpenRealm) -> None:
+    # Small server batches: the download arrives in several DOWNLOAD messages.
+    with rs.SyncServer(
+        data_dir=str(tmp_path / "batched"), scrypt_n=2**10, download_batch_bytes=200
+    ) as srv:
+        app = rs.App(rs.AppConfiguration(srv.url, sync_timeouts=FAST))
+        try:
+            a, b = open_realm("A", target_app=app), open_realm("B", target_app=app)
+            connected(a, b)
+            sb = b.sync_session
+            sb.pause()
+            for i in range(6):
+                add_task(a, f"t{i}", title="x" * 100)
+            a.sync_session.wait_for_upload().result(T(5))
+            bodies = [h[3] for h in server_history(srv)]
+            total = sum(len(body) for body in bodies)
+            assert len(bodies) == 6
+
+            outstanding: list[Recorder[rs.SyncProgress]] = []
+
+            def first_partial(p: rs.SyncProgress) -> None:
+                # Register a second stream mid-download, from the sync thread, so it
+                # captures a known amount of outstanding work.
+                if not outstanding and 0 < p.progress_estimate < 1:
+                    outstanding.append(Recorder(sb.get_progress_stream(DOWN, OUTSTANDING)))
+
+            indefinite = Recorder(sb.get_progress_stream(DOWN, INDEFINITELY), first_partial)
+            assert indefinite.wait_for(1) == [P(0, 0, 1.0)]
+            sb.resume()
+            sb.wait_for_download().result(T(5))
+            wait_until(lambda: indefinite.items[-1].progress_estimate == 1.0)
+            items = indefinite.items[1:]
+            # Exact: the server tells what remains, so the total is known from the start
+            # (at the latest from the first batch; the BIND acknowledgement may say it).
+            assert all(p.transferable_bytes == total for p in items), (total, items)
+            done = [p.transferred_bytes for p in items if p.transferred_bytes]
+            # One report per DOWNLOAD batch, each adding that batch's changeset bytes.
+            assert done == [sum(len(x) for x in bodies[: i + 1]) for i in range(6)], items
+            assert items[-1] == P(total, total, 1.0)
+
+            assert outstanding, "no partial download progress was reported"
+            rec = outstanding[0]
+            wait_until(lambda: rec.done == 1, what="the outstanding-work stream to close")
+            got = list(rec.items)
+            target = got[0].transferable_bytes
+            assert got[0] == P(0, target, 0.0)
+            assert target == total - done[0]  # registered right after the first batch
+            assert [p.progress_estimate for p in got] == sorted(p.progress_estimate for p in got)
+            assert got[-1] == P(target, target, 1.0)
+            assert [p.progress_estimate for p in got].count(1.0) == 1
+        finally:
+            app.close()
+
+
+# -- connection_state_changes -------------------------------------------------------------------
+
+
+def test_connection_state_changes(open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    connected(a)
+    s = a.sync_session
+    rec = Recorder(s.connection_state_changes)
+    s.pause()
+    assert rec.items == [Change(CONNECTED, DISCONNECTED)]
+    settle()
+    assert rec.items == [Change(CONNECTED, DISCONNECTED)]
+    s.resume()
+    rec.wait_for(3)
+    settle()
+    assert rec.items == [
+        Change(CONNECTED, DISCONNECTED),
+        Change(DISCONNECTED, CONNECTING),
+        Change(CONNECTING, CONNECTED),
+    ]
+    # It does not close by itself; later changes keep coming.
+    assert rec.done == 0
+    s.pause()
+    assert rec.items[-1] == Change(CONNECTED, DISCONNECTED)
+    assert rec.done == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.items[0].current = CONNECTING  # type: ignore[misc]
+
+
+# -- user, realm_path, identity ------------------------------------------------------------------
+
+
+def test_user(app: rs.App, open_realm: OpenRealm) -> None:
+    app.email_password_auth.register_user("ann@example.com", "secret-pw").result(T(10))
+    ann = app.log_in(rs.Credentials.email_password("ann@example.com", "secret-pw")).result(T(10))
+    a = open_realm("A", user=ann)
+    assert a.sync_session.user is ann
+    assert a.sync_session.user.id == ann.id
+    anon = open_realm("B")
+    assert anon.sync_session.user.id != ann.id
+
+
+def test_realm_path(tmp_path: Path, open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    assert a.sync_session.realm_path == a.path == str(tmp_path / "A.realm")
+    assert os.path.isfile(a.sync_session.realm_path)
+
+
+def test_sync_session_is_the_same_object(open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    assert a.sync_session is a.sync_session
+    assert isinstance(a.sync_session, rs.Session)
+    a.close()
+    with pytest.raises(rs.RealmClosedError):
+        _ = a.sync_session
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+def test_events(server: rs.SyncServer, open_realm: OpenRealm) -> None:
+    a, b = open_realm("A"), open_realm("B")
+    connected(a, b)
+    sa = a.sync_session
+    start = dt.datetime.now(dt.UTC)
+    rec = Recorder(sa.events)
+
+    add_task(a, "from-a", title="a" * 20)
+    sa.wait_for_upload().result(T(5))
+    add_task(b, "from-b", title="b" * 40)
+    b.sync_session.wait_for_upload().result(T(5))
+    sa.wait_for_download().result(T(5))
+    sa.pause()
+    sa.resume()
+    connected(a)
+    wait_until(
+        lambda: any(
+            e.kind is rs.EventKind.CONNECTION and e.current == "connected" for e in rec.items
+        )
+    )
+    end = dt.datetime.now(dt.UTC)
+    events = list(rec.items)
+    (_, _, _, a_body), (_, _, _, b_body) = server_history(server)
+
+    kinds = {e.kind for e in events}
+    for k in ("CONNECTION", "UPLOAD_SENT", "UPLOAD_ACKED", "DOWNLOAD_INTEGRATED", "PROGRESS"):
+        assert rs.EventKind[k] in kinds, k
+    for e in events:
+        assert isinstance(e, rs.SyncEvent)
+        assert e.session == "A"
+        assert e.time.utcoffset() == dt.timedelta(0), e
+        assert start <= e.time <= end, e
+    assert [e.time for e in events] == sorted(e.time for e in events)
+
+    def of(kind: rs.EventKind) -> list[rs.SyncEvent]:
+        return [e for e in events if e.kind is kind]
+
+    sent, acked = of(rs.EventKind.UPLOAD_SENT), of(rs.EventKind.UPLOAD_ACKED)
+    assert [(e.bytes, e.changesets) for e in sent] == [(len(a_body), 1)]
+    assert [(e.bytes, e.changesets) for e in acked] == [(len(a_body), 1)]
+    assert acked[0].latency is not None and acked[0].latency >= 0
+    (down,) = of(rs.EventKind.DOWNLOAD_INTEGRATED)
+    assert (down.bytes, down.changesets, down.remaining_bytes) == (len(b_body), 1, 0)
+    progress = of(rs.EventKind.PROGRESS)
+    assert {e.direction for e in progress} == {"upload", "download"}
+    assert progress[-1].estimate is not None
+    assert all(
+        0.0 <= (e.estimate or 0) <= 1.0 and (e.transferred or 0) <= (e.transferable or 0)
+        for e in progress
+    )
+    assert [(e.previous, e.current) for e in of(rs.EventKind.CONNECTION)] == [
+        ("connected", "disconnected"),
+        ("disconnected", "connecting"),
+        ("connecting", "connected"),
+    ]
+    pause, resume = of(rs.EventKind.PAUSE), of(rs.EventKind.RESUME)
+    assert len(pause) == len(resume) == 1
+    assert pause[0].current == "paused" and resume[0].current == "active"
+    assert events.index(pause[0]) < events.index(resume[0])
+    for e in events:
+        assert e.describe()  # every event has a human summary
