@@ -42,10 +42,16 @@ def main() -> int:
 def _tour(app: rs.App, server: rs.SyncServer, workdir: Path) -> int:
     alice = app.log_in(rs.Credentials.anonymous()).result(10)
     bob = app.log_in(rs.Credentials.anonymous()).result(10)
-    phone = rs.Realm(rs.Configuration.flexible_sync(
-        alice, [Task], path=str(workdir / "phone.realm"), name="phone"))
-    laptop = rs.Realm(rs.Configuration.flexible_sync(
-        bob, [Task], path=str(workdir / "laptop.realm"), name="laptop"))
+    phone = rs.Realm(
+        rs.Configuration.flexible_sync(
+            alice, [Task], path=str(workdir / "phone.realm"), name="phone"
+        )
+    )
+    laptop = rs.Realm(
+        rs.Configuration.flexible_sync(
+            bob, [Task], path=str(workdir / "laptop.realm"), name="laptop"
+        )
+    )
     subs = [r.sync_session.events.listen(_print_event) for r in (phone, laptop)]
 
     print("\n1. the phone writes; the laptop waits for it")
@@ -57,18 +63,17 @@ def _tour(app: rs.App, server: rs.SyncServer, workdir: Path) -> int:
 
     print("\n2. the laptop pauses; both edit the same task while apart")
     laptop.sync_session.pause()
-    print(f"   laptop session: {laptop.sync_session.state}, "
-          f"{laptop.sync_session.connection_state}")
+    print(f"   laptop session: {laptop.sync_session.state}, {laptop.sync_session.connection_state}")
     with laptop.write():
         t = laptop.find(Task, "milk")
         assert t is not None
-        t.title = "buy oat milk"       # same field as the phone: the later write wins
-        t.priority = 3                 # a field only the laptop changes: kept
+        t.title = "buy oat milk"  # same field as the phone: the later write wins
+        t.priority = 3  # a field only the laptop changes: kept
     with phone.write():
         t = phone.find(Task, "milk")
         assert t is not None
         t.title = "buy milk (2 l)"
-        t.done = True                  # a field only the phone changes: kept
+        t.done = True  # a field only the phone changes: kept
     phone.sync_session.wait_for_upload().result(10)
 
     print("\n3. the laptop resumes; both converge")
@@ -79,8 +84,7 @@ def _tour(app: rs.App, server: rs.SyncServer, workdir: Path) -> int:
     for sub in subs:
         sub.cancel()
 
-    states = {"phone": phone.snapshot(), "laptop": laptop.snapshot(),
-              "server": server.snapshot()}
+    states = {"phone": phone.snapshot(), "laptop": laptop.snapshot(), "server": server.snapshot()}
     print("\nconverged state:")
     for name, snap in states.items():
         for pk, row in snap.get("Task", {}).items():

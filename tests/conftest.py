@@ -14,7 +14,10 @@ from tests.helpers import Note, Task
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 FAST = rs.SyncTimeoutOptions(
-    connect_timeout=5.0, ping_interval=1.0, pong_timeout=2.0, backoff_initial=0.1,
+    connect_timeout=5.0,
+    ping_interval=1.0,
+    pong_timeout=2.0,
+    backoff_initial=0.1,
     backoff_max=1.0,
 )
 
