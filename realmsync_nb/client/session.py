@@ -30,6 +30,7 @@ from ..errors import (
     AuthError,
     ProtocolError,
     RealmSyncError,
+    SessionError,
     SessionInactiveError,
     SessionPausedError,
     SyncServerError,
@@ -149,6 +150,7 @@ class Session:
         # Sinks of the three streams, and waiters.
         self._event_sinks: list[StreamSink[SyncEvent]] = []
         self._conn_sinks: list[StreamSink[ConnectionStateChange]] = []
+        self._error_sinks: list[StreamSink[RealmSyncError]] = []
         self._progress: list[_ProgressReg] = []
         self._upload_waiters: list[tuple[int, SyncFuture[None]]] = []
         self._download_waiters: list[SyncFuture[None]] = []  # no MARK sent for them yet
@@ -253,6 +255,21 @@ class Session:
         return Stream(self._thread, subscribe, f"{self.name} connection state changes")
 
     @property
+    def errors(self) -> Stream[RealmSyncError]:
+        """Every error the session meets, as an exception object, as it happens.
+
+        Network failures arrive as :class:`~realmsync_nb.errors.SessionError` (with the
+        low-level error as ``__cause__``); server errors as ``SyncServerError`` with
+        ``fatal``/``retry``/``backoff``. After a fatal one the session is INACTIVE.
+        """
+
+        def subscribe(sink: StreamSink[RealmSyncError]) -> Callable[[], None]:
+            self._error_sinks.append(sink)
+            return lambda: self._remove(self._error_sinks, sink)
+
+        return Stream(self._thread, subscribe, f"{self.name} errors")
+
+    @property
     def events(self) -> Stream[SyncEvent]:
         """Everything the session does, as :class:`~realmsync_nb.observe.SyncEvent`s."""
 
@@ -317,6 +334,9 @@ class Session:
                 esink.close()
             for csink in self._conn_sinks:
                 csink.close()
+            for errsink in self._error_sinks:
+                errsink.close()
+            self._error_sinks.clear()
             self._event_sinks.clear()
             self._conn_sinks.clear()
             for reg in self._progress:
@@ -551,7 +571,6 @@ class Session:
                 self._become_inactive(error)
                 return
             if error is not None:
-                self.last_error = error if isinstance(error, RealmSyncError) else None
                 self._emit_error(error)
             self._set_connection("lost", error)
             delay = self._backoff.next_delay()
@@ -563,6 +582,14 @@ class Session:
                 pass
 
     def _emit_error(self, error: BaseException) -> None:
+        if isinstance(error, RealmSyncError):
+            public = error
+        else:
+            public = SessionError(f"the connection failed: {type(error).__name__}: {error}")
+            public.__cause__ = error
+        self.last_error = public
+        for sink in list(self._error_sinks):
+            sink.push(public)
         if isinstance(error, ConnectionClosed):
             # ConnectionClosed.code is deprecated (websockets 13.1) and warns; a
             # warning turned into an error here would kill the connection loop.
@@ -578,7 +605,6 @@ class Session:
         )
 
     def _become_inactive(self, error: RealmSyncError) -> None:
-        self.last_error = error
         self._emit_error(error)
         self._set_connection("lost", error)
         self._transition("fatal_error")
