@@ -207,7 +207,7 @@ class Realm:
             if obj._realm is self:
                 return obj
             raise RealmError("this object is managed by another realm; add a copy")
-        pk = txn.create(model.__name__, obj._values, update=update)
+        pk = txn.create(model.__name__, obj._values, update=update, checked=True)
         return model._bind(self, pk)  # type: ignore[return-value]
 
     def delete(self, obj: Model) -> None:

@@ -19,6 +19,7 @@ import concurrent.futures
 import functools
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,6 +48,7 @@ from ..protocol.messages import (
     ErrorCode,
     Mark,
     Pong,
+    TestCommand,
 )
 from ..protocol.progress import Counters, IndefiniteView, OutstandingView
 from ..protocol.wire import DecodeError
@@ -156,6 +158,11 @@ class Session:
         self._download_waiters: list[SyncFuture[None]] = []  # no MARK sent for them yet
         self._marks: dict[int, list[SyncFuture[None]]] = {}
         self._mark_ids = itertools.count(1)
+        # TEST_COMMAND requests (send_test_command): queued until connected, then
+        # awaiting the reply on the connection they were sent on.
+        self._test_ids = itertools.count(1)
+        self._test_unsent: list[tuple[int, str, str, SyncFuture[str]]] = []
+        self._test_sent: dict[int, SyncFuture[str]] = {}
         self._ws: ClientConnection | None = None
         self._protocol: ClientProtocol | None = None
         self._sent_at: dict[int, float] = {}  # client version -> when its UPLOAD was sent
@@ -167,6 +174,9 @@ class Session:
         self._down_view = IndefiniteView(self._down)
         self._upload_ack = 0
         self._download_cursor = 0
+        self._commit_lock = threading.Lock()
+        self._commit_bytes = 0
+        self._commit_queued = False
 
     # -- public API ---------------------------------------------------------------
 
@@ -224,6 +234,47 @@ class Session:
             self._send_mark()
 
         fut._on_cancel = lambda: self._thread.call(self._remove_download_waiter, fut)
+        self._thread.call(register)
+        return fut
+
+    def send_test_command(self, command: str, argument: str = "") -> SyncFuture[str]:
+        """Send a TEST_COMMAND to the server on this session's connection.
+
+        For tests and debugging only: it steers the server side of this session
+        (send an ERROR with chosen retry hints, pause or resume uploads or
+        downloads, close the connection), and servers refuse it unless started
+        with ``enable_test_commands``. The commands and their arguments are listed
+        in docs/protocol.md, section 6.8. What a command changes lasts only as long
+        as the connection it was sent on.
+
+        The command is sent as soon as the session is connected. The future
+        completes with ``"ok"`` when the server has carried it out.
+
+        Raises:
+            SyncServerError: (from the future) the server refused the command:
+                unknown, a bad argument (code ``TEST_ERROR``), or test commands are
+                disabled there (code ``UNEXPECTED_MESSAGE``; the server then closes
+                the connection and the session reconnects).
+            SessionError: (from the future) the connection was lost before the
+                reply; ``SessionPausedError``/``SessionInactiveError`` as for waits.
+        """
+        fut: SyncFuture[str] = SyncFuture()
+        entry = (next(self._test_ids), command, argument, fut)
+
+        def register() -> None:
+            if self._state is SS.INACTIVE:
+                fut.set_exception_if_pending(
+                    SessionInactiveError("the session is inactive", cause=self.last_error)
+                )
+                return
+            self._test_unsent.append(entry)
+            self._send_test_commands()
+
+        def cancel() -> None:
+            self._remove(self._test_unsent, entry)
+            self._test_sent.pop(entry[0], None)
+
+        fut._on_cancel = lambda: self._thread.call(cancel)
         self._thread.call(register)
         return fut
 
@@ -447,6 +498,11 @@ class Session:
         self._upload_waiters.clear()
         self._download_waiters.clear()
         self._marks.clear()
+        tests = [f for *_, f in self._test_unsent] + list(self._test_sent.values())
+        self._test_unsent.clear()
+        self._test_sent.clear()
+        for test in tests:
+            test.set_exception_if_pending(exc)
         for direction, f in futs:
             if not f.done():
                 f.set_exception_if_pending(exc)
@@ -482,6 +538,47 @@ class Session:
             await ws.send(data)
         except ConnectionClosed:
             pass  # the connection loop notices and re-sends the MARK after reconnecting
+
+    def _send_test_commands(self) -> None:
+        ws, proto = self._ws, self._protocol
+        if ws is None or proto is None or self._conn_state is not CS.CONNECTED:
+            return  # sent on the next connect
+        unsent, self._test_unsent = self._test_unsent, []
+        for rid, command, argument, fut in unsent:
+            if fut.done():
+                continue
+            self._test_sent[rid] = fut
+            data = proto.test_command(rid, command, argument)
+            asyncio.get_running_loop().create_task(self._send_quietly(ws, data))
+
+    def _test_command_replied(self, msg: TestCommand) -> None:
+        fut = self._test_sent.pop(msg.request_id, None)
+        if fut is None:
+            return  # cancelled meanwhile
+        if msg.command == "ok":
+            fut.set_result_if_pending("ok")
+            return
+        if msg.command == "unknown":
+            why = f"the server does not know the test command {msg.argument!r}"
+        else:
+            why = f"the server refused the test command: {msg.argument}"
+        fut.set_exception_if_pending(SyncServerError(why, code=ErrorCode.TEST_ERROR, retry=False))
+
+    def _fail_sent_test_commands(self, error: BaseException | None) -> None:
+        """A command's effect ends with its connection; an unanswered one fails."""
+        if not self._test_sent:
+            return
+        exc: RealmSyncError
+        if isinstance(error, RealmSyncError):
+            exc = error
+        else:
+            exc = SessionError(
+                "the connection was lost before the server answered the test command"
+                + (f": {type(error).__name__}: {error}" if error is not None else "")
+            )
+        sent, self._test_sent = self._test_sent, {}
+        for fut in sent.values():
+            fut.set_exception_if_pending(exc)
 
     def _unassign_marks(self) -> None:
         for futs in self._marks.values():
@@ -529,17 +626,27 @@ class Session:
             self._report(reg)
 
     def _local_commit(self, version: int, nbytes: int) -> None:
-        """Called by Realm after a local commit of ``nbytes`` changeset bytes (any thread)."""
+        """Called by Realm after a local commit of ``nbytes`` changeset bytes (any thread).
 
-        def update() -> None:
-            if self._state is SS.INACTIVE:
+        Commits that arrive while a notification is still queued join it: a tight
+        write loop wakes the sync thread once per batch, not once per commit.
+        """
+        with self._commit_lock:
+            self._commit_bytes += nbytes
+            if self._commit_queued:
                 return
-            self._up = Counters(self._up.transferred, self._up.transferable + nbytes)
-            self._progress_changed(ProgressDirection.UPLOAD)
-            self._upload_wake.set()
-
+            self._commit_queued = True
         if self._thread.alive:
-            self._thread.call(update)
+            self._thread.call(self._apply_commits)
+
+    def _apply_commits(self) -> None:
+        with self._commit_lock:
+            nbytes, self._commit_bytes, self._commit_queued = self._commit_bytes, 0, False
+        if self._state is SS.INACTIVE:
+            return
+        self._up = Counters(self._up.transferred, self._up.transferable + nbytes)
+        self._progress_changed(ProgressDirection.UPLOAD)
+        self._upload_wake.set()
 
     # -- the connection loop ------------------------------------------------------------
 
@@ -567,6 +674,7 @@ class Session:
                 if ws is not None:
                     ws.transport.abort()
                 self._unassign_marks()
+                self._fail_sent_test_commands(error)
             if isinstance(error, AuthError) and error.code not in (0, ErrorCode.TOKEN_EXPIRED):
                 self._become_inactive(error)
                 return
@@ -648,10 +756,11 @@ class Session:
             first = await ws.recv()
         await self._handle(proto, first)  # the bind acknowledgement (or an error)
         self._send_mark()
+        self._send_test_commands()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._reader(ws, proto))
-                tg.create_task(self._uploader(ws, proto, p.upload_cursor))
+                tg.create_task(self._uploader(ws, proto, self._upload_ack))  # bind ack seen
                 tg.create_task(self._heartbeat(ws, proto))
         except BaseExceptionGroup as group:
             # A TaskGroup wraps the failure that ended the connection; _run classifies
@@ -676,6 +785,8 @@ class Session:
         elif isinstance(msg, Mark):
             for fut in self._marks.pop(msg.request_id, []):
                 self._finish_wait(fut, "download")
+        elif isinstance(msg, TestCommand):
+            self._test_command_replied(msg)
         elif isinstance(msg, Pong):
             if self._pong is not None:
                 self._pong.set()

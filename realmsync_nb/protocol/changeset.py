@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,8 @@ from enum import IntEnum
 
 from .schema import TableSchema, Value, ValueType, check_value
 from .wire import DecodeError, Reader, Writer
+
+_F64 = struct.Struct("<d")
 
 __all__ = [
     "Changeset",
@@ -167,36 +170,73 @@ def micros_to_datetime(us: int) -> _dt.datetime:
 # -- codec ------------------------------------------------------------------
 
 
+def _put_uint(buf: bytearray, v: int) -> None:
+    if v < 0x80:
+        buf.append(v)
+        return
+    while v >= 0x80:
+        buf.append((v & 0x7F) | 0x80)
+        v >>= 7
+    buf.append(v)
+
+
+def _put_str(buf: bytearray, v: str) -> None:
+    data = v.encode("utf-8")
+    _put_uint(buf, len(data))
+    buf += data
+
+
+def _put_value(buf: bytearray, v: Value) -> None:
+    # The hot path of every local commit: dispatch on the exact type first, and
+    # fall back to the general encoder for subclasses and rarer types.
+    t = type(v)
+    if t is str:
+        buf.append(_T_STR)
+        _put_str(buf, v)  # type: ignore[arg-type]
+    elif t is int:
+        buf.append(_T_INT)
+        _put_uint(buf, (v << 1) if v >= 0 else ((-v) << 1) - 1)  # type: ignore[operator]
+    elif t is bool:
+        buf.append(_T_TRUE if v else _T_FALSE)
+    elif t is float:
+        buf.append(_T_FLOAT)
+        buf += _F64.pack(v)
+    elif v is None:
+        buf.append(_T_NULL)
+    else:
+        w = Writer()
+        _write_value(w, v)
+        buf += w.buf
+
+
 def encode_changeset(cs: Changeset) -> bytes:
     """Encode ``cs``; names are interned in a string table at the front."""
     names: dict[str, int] = {}
-
-    def ref(name: str) -> int:
-        idx = names.get(name)
-        if idx is None:
-            idx = names[name] = len(names)
-        return idx
-
-    body = Writer()
-    body.uint(len(cs.instructions))
+    body = bytearray()
+    _put_uint(body, len(cs.instructions))
     for ins in cs.instructions:
-        body.byte(ins.op)
-        body.uint(ref(ins.table))
-        _write_value(body, ins.pk)
+        body.append(ins.op)
+        idx = names.get(ins.table)
+        if idx is None:
+            idx = names[ins.table] = len(names)
+        _put_uint(body, idx)
+        _put_value(body, ins.pk)
         if ins.op != Op.DELETE:
-            body.uint(len(ins.values))
+            _put_uint(body, len(ins.values))
             for name, value in ins.values:
-                body.uint(ref(name))
-                _write_value(body, value)
-    w = Writer()
-    w.byte(CHANGESET_FORMAT)
-    w.uint(cs.ts)
-    w.uint(cs.origin)
-    w.uint(len(names))
+                idx = names.get(name)
+                if idx is None:
+                    idx = names[name] = len(names)
+                _put_uint(body, idx)
+                _put_value(body, value)
+    out = bytearray((CHANGESET_FORMAT,))
+    _put_uint(out, cs.ts)
+    _put_uint(out, cs.origin)
+    _put_uint(out, len(names))
     for name in names:
-        w.str_(name)
-    w.raw(body.buf)
-    return w.getvalue()
+        _put_str(out, name)
+    out += body
+    return bytes(out)
 
 
 def decode_changeset(data: bytes) -> Changeset:

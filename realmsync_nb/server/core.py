@@ -42,6 +42,7 @@ from ..protocol.server import ServerProtocol
 from ..protocol.wire import DecodeError
 from . import auth
 from .storage import ServerStorage
+from .test_commands import hold_upload, run_test_command
 
 __all__ = ["ServerConfig", "SyncServerCore"]
 
@@ -182,6 +183,9 @@ class ServerSession:
         # Test hooks (docs/protocol.md, TEST_COMMAND): the server side can hold back
         # downloads or leave uploads unintegrated to imitate a busy server.
         self.downloads_paused = False
+        self.uploads_paused = False
+        self.held_uploads: list[Upload] = []  # arrived while paused, in order
+        self.held_upload_bytes = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -227,7 +231,9 @@ class ServerSession:
                     pass
 
     async def _dispatch(self, msg: Message) -> None:
-        if isinstance(msg, Upload):
+        if isinstance(msg, Upload) and self.uploads_paused:
+            hold_upload(self, msg)
+        elif isinstance(msg, Upload):
             self._integrate(msg)
         elif isinstance(msg, Mark):
             self.marks.append(msg.request_id)
@@ -285,7 +291,9 @@ class ServerSession:
         self.client_id = msg.client_id
         self.cursor = msg.download_cursor
         self.acked = client.last_client_version
-        self.protocol.bound(client.last_client_version)
+        # Order is checked from what the client says it knows: after a lost ack it
+        # re-sends changesets the server already has; _integrate skips and re-acks them.
+        self.protocol.bound(msg.upload_cursor)
         self._sender = asyncio.get_running_loop().create_task(self._send_loop())
         self.wake()
 
@@ -383,4 +391,4 @@ class ServerSession:
                 "enable_test_commands=True)",
                 code=ErrorCode.UNEXPECTED_MESSAGE,
             )
-        await self.ws.send(encode(TestCommand(msg.request_id, "unknown", msg.command)))
+        await run_test_command(self, msg)

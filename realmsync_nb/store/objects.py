@@ -30,6 +30,7 @@ from ..protocol.changeset import (
     Clock,
     Instruction,
     ObjectState,
+    Op,
     apply_instruction,
     datetime_to_micros,
     micros_to_datetime,
@@ -37,6 +38,8 @@ from ..protocol.changeset import (
 from ..protocol.schema import FieldSchema, TableSchema, Value, ValueType
 
 __all__ = ["ObjectTables", "TableCodec"]
+
+_BATCH = 500  # keys per IN (...) query; SQLite allows up to 32766 parameters
 
 _CLOCK = struct.Struct(">QQ")
 _ZERO_CLOCK = (0, 0)
@@ -128,10 +131,21 @@ class TableCodec:
         self.count_live = f"SELECT count(*) FROM {t} WHERE _live = 1"
         self.select_pks = f"SELECT {q(self.pk.name)} FROM {t} WHERE _live = 1 ORDER BY rowid"
         self.select_pk_at = self.select_pks + " LIMIT 1 OFFSET ?"
+        self._existing: dict[int, str] = {}
         self._field_select: dict[str, str] = {
             f.name: f"SELECT {q(f.name)} FROM {t} WHERE {q(self.pk.name)} = ? AND _live = 1"
             for f in self.fields
         }
+
+    def select_existing(self, n: int) -> str:
+        """SELECT the keys, among ``n`` given, that have a row (live or tombstone)."""
+        sql = self._existing.get(n)
+        if sql is None:
+            pk = q(self.pk.name)
+            sql = self._existing[n] = (
+                f"SELECT {pk} FROM {q(self.name)} WHERE {pk} IN ({', '.join('?' * n)})"
+            )
+        return sql
 
     def create_sql(self) -> list[str]:
         t = q(self.name)
@@ -256,9 +270,44 @@ class ObjectTables:
         return False
 
     def apply_changeset(self, cs: Changeset) -> int:
-        """Merge every instruction of ``cs``; returns how many objects changed."""
+        """Merge every instruction of ``cs``; returns how many objects changed.
+
+        A changeset names each object at most once, so the order of its instructions
+        does not matter; CREATEs of objects this replica has never seen (the bulk of
+        an initial download or a large transaction) are inserted in batches, and
+        everything else goes through :meth:`apply_instruction`.
+        """
         clock = cs.clock
-        return sum(self.apply_instruction(ins, clock) for ins in cs.instructions)
+        changed = 0
+        creates: dict[str, list[Instruction]] = {}
+        for ins in cs.instructions:
+            if ins.op is Op.CREATE and ins.table in self.codecs:
+                creates.setdefault(ins.table, []).append(ins)
+            else:
+                changed += self.apply_instruction(ins, clock)
+        for table, group in creates.items():
+            codec = self.codecs[table]
+            for start in range(0, len(group), _BATCH):
+                changed += self._insert_new(codec, group[start : start + _BATCH], clock)
+        return changed
+
+    def _insert_new(self, codec: TableCodec, group: list[Instruction], clock: Clock) -> int:
+        keys = [codec.pk_sql(ins.pk) for ins in group]
+        if len(set(keys)) != len(keys):  # not from a compacted changeset: go one by one
+            return sum(self.apply_instruction(ins, clock) for ins in group)
+        existing = {row[0] for row in self.conn.execute(codec.select_existing(len(keys)), keys)}
+        rows = []
+        changed = 0
+        for key, ins in zip(keys, group, strict=True):
+            if key in existing:
+                changed += self.apply_instruction(ins, clock)
+                continue
+            state = ObjectState()
+            apply_instruction(state, ins, clock)
+            rows.append([key, *codec.encode_state(state)])
+        if rows:
+            self.conn.executemany(codec.insert, rows)
+        return changed + len(rows)
 
     # -- reads ------------------------------------------------------------------
 

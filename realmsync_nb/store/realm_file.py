@@ -124,6 +124,10 @@ class RealmFile:
             self.conn = connect(self.path)
             self.sync_conn = connect(self.path)
             self.lock = threading.RLock()  # serialises use of self.conn across user threads
+            # Held by whichever connection writes. SQLite would serialise the two
+            # connections itself, but its busy handler sleeps in steps of milliseconds;
+            # a Python lock hands over in microseconds.
+            self.write_lock = threading.Lock()
             with transaction(self.conn):
                 self._init_meta(schema)
             self.schema = dict(schema)
@@ -242,7 +246,7 @@ class RealmFile:
         changed = 0
         nbytes = sum(len(b) for b in changesets)
         acked = acked_bytes = 0
-        with transaction(c):
+        with self.write_lock, transaction(c):
             for cs in decoded:
                 changed += self.sync_objects.apply_changeset(cs)
             old_ack = int(self.get_meta("upload_cursor", c))
@@ -304,14 +308,18 @@ class LocalTransaction:
         self.file = file
         self.objects = file.objects
         file.lock.acquire()
+        file.write_lock.acquire()
         try:
             file.conn.execute("BEGIN IMMEDIATE")
         except BaseException:
+            file.write_lock.release()
             file.lock.release()
             raise
         self.clock = (file.next_clock(), file.client_id)
         # key -> (the object's state before this transaction or None, net instruction)
         self._touched: dict[tuple[str, object], tuple[ObjectState | None, Instruction]] = {}
+        # States read for an existence check, kept so _record need not read them again.
+        self._read: dict[tuple[str, object], ObjectState | None] = {}
         self.done = False
         self.body_size = 0  # bytes of the committed changeset
 
@@ -328,15 +336,35 @@ class LocalTransaction:
                 raise ValidationError(f"{table}: {problem}", model=table, field=name)
         return schema
 
-    def create(self, table: str, values: Mapping[str, Value], *, update: bool) -> Value:
-        schema = self._check(table, values)
+    def _exists(self, table: str, pk: Value) -> bool:
+        key = (table, pk_key(pk))
+        if key in self._touched:
+            return self.objects.get(table, pk) is not None
+        if key not in self._read:
+            self._read[key] = self.objects.read_state(self.objects.codec(table), pk)
+        state = self._read[key]
+        return state is not None and state.exists
+
+    def create(
+        self, table: str, values: Mapping[str, Value], *, update: bool, checked: bool = False
+    ) -> Value:
+        """Create (or with ``update`` upsert) an object; returns its primary key.
+
+        ``checked`` says every value was already validated against the schema (a
+        Model's fields validate on assignment), so it is not checked twice.
+        """
+        schema = self.file.schema.get(table)
+        if schema is None:
+            raise RealmError(f"{table} is not in this realm's schema")
         pkf = schema.primary_key
-        if pkf.name not in values or values[pkf.name] is None:
+        if values.get(pkf.name) is None:
             raise ValidationError(
                 f"{table}: the primary key {pkf.name} is missing", model=table, field=pkf.name
             )
+        if not checked:
+            self._check(table, values)
         pk = values[pkf.name]
-        if not update and self.objects.get(table, pk) is not None:
+        if not update and self._exists(table, pk):
             raise ValidationError(
                 f"{table}: an object with {pkf.name}={pk!r} already exists; "
                 "pass update=True to overwrite it",
@@ -351,12 +379,12 @@ class LocalTransaction:
         schema = self._check(table, {name: value})
         if name == schema.primary_key.name:
             raise RealmError(f"{table}: the primary key {name} cannot be changed")
-        if self.objects.get(table, pk) is None:
+        if not self._exists(table, pk):
             raise RealmError(f"{table} {pk!r} was deleted; it can no longer be changed")
         self._record(Instruction(Op.UPDATE, table, pk, ((name, value),)))
 
     def delete(self, table: str, pk: Value) -> None:
-        if self.objects.get(table, pk) is None:
+        if not self._exists(table, pk):
             raise RealmError(f"{table} {pk!r} does not exist (already deleted?)")
         self._record(Instruction(Op.DELETE, table, pk))
 
@@ -365,7 +393,9 @@ class LocalTransaction:
         codec = self.objects.codec(ins.table)
         entry = self._touched.get(key)
         if entry is None:
-            base = self.objects.read_state(codec, ins.pk)
+            base = (
+                self._read.pop(key) if key in self._read else self.objects.read_state(codec, ins.pk)
+            )
             net = ins
         else:
             base, prev = entry
@@ -392,9 +422,10 @@ class LocalTransaction:
                 cur = c.execute("INSERT INTO _history (body) VALUES (?)", (body,))
                 version = cur.lastrowid
                 c.execute(
-                    "UPDATE _meta SET value=value+? WHERE key='uploadable_bytes'", (len(body),)
+                    "UPDATE _meta SET value = CASE key WHEN 'hlc' THEN max(value, ?) "
+                    "ELSE value + ? END WHERE key IN ('hlc', 'uploadable_bytes')",
+                    (self.clock[0], len(body)),
                 )
-                c.execute("UPDATE _meta SET value=max(value, ?) WHERE key='hlc'", (self.clock[0],))
             else:
                 version = None
             c.execute("COMMIT")
@@ -402,6 +433,7 @@ class LocalTransaction:
             c.execute("ROLLBACK")
             raise
         finally:
+            self.file.write_lock.release()
             self.file.lock.release()
         if version is not None:
             self.file.latest_client_version = version
@@ -414,6 +446,7 @@ class LocalTransaction:
         try:
             self.file.conn.execute("ROLLBACK")
         finally:
+            self.file.write_lock.release()
             self.file.lock.release()
 
 
