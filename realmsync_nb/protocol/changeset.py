@@ -245,6 +245,55 @@ def decode_changeset(data: bytes) -> Changeset:
     Raises:
         DecodeError: the bytes are not a well-formed changeset.
     """
+    try:
+        return _decode_changeset(data)
+    # The fast path reads bytes directly: running off the end or bad UTF-8 surface
+    # as these, and mean the same as the Reader's errors.
+    except IndexError:
+        raise DecodeError("truncated input") from None
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"invalid UTF-8 string: {exc.reason}") from None
+    except struct.error as exc:
+        raise DecodeError(f"malformed changeset: {exc}") from None
+
+
+def _uint_at(data: bytes, pos: int) -> tuple[int, int]:
+    b = data[pos]
+    if b < 0x80:
+        return b, pos + 1
+    r = Reader(data, pos)
+    v = r.uint()
+    return v, r.pos
+
+
+def _value_at(data: bytes, pos: int) -> tuple[Value, int]:
+    tag = data[pos]
+    pos += 1
+    if tag == _T_STR:
+        n, pos = _uint_at(data, pos)
+        end = pos + n
+        if end > len(data):
+            raise DecodeError("truncated string")
+        return data[pos:end].decode("utf-8"), end
+    if tag == _T_INT:
+        v, pos = _uint_at(data, pos)
+        return (v >> 1) if not v & 1 else -((v + 1) >> 1), pos
+    if tag == _T_TRUE:
+        return True, pos
+    if tag == _T_FALSE:
+        return False, pos
+    if tag == _T_NULL:
+        return None, pos
+    if tag == _T_FLOAT:
+        if pos + 8 > len(data):
+            raise DecodeError("truncated float")
+        return _F64.unpack_from(data, pos)[0], pos + 8
+    r = Reader(data, pos - 1)
+    value = _read_value(r)
+    return value, r.pos
+
+
+def _decode_changeset(data: bytes) -> Changeset:
     r = Reader(data)
     fmt = r.byte()
     if fmt != CHANGESET_FORMAT:
@@ -252,29 +301,46 @@ def decode_changeset(data: bytes) -> Changeset:
     ts = r.uint()
     origin = r.uint()
     n_names = r.uint()
-    if n_names > len(data):
+    size = len(data)
+    if n_names > size:
         raise DecodeError("string table larger than the changeset")
     names = [r.str_() for _ in range(n_names)]
     n = r.uint()
-    if n > len(data):
+    if n > size:
         raise DecodeError("instruction count larger than the changeset")
+    pos = r.pos
     out: list[Instruction] = []
+    append = out.append
+    ops = _OPS
+    n_known = len(names)
     for _ in range(n):
-        op_b = r.byte()
-        if op_b not in (1, 2, 3):
-            raise DecodeError(f"unknown instruction {op_b}")
-        op = Op(op_b)
-        table = _name(names, r.uint())
-        pk = _read_value(r)
+        op = ops.get(data[pos])
+        if op is None:
+            raise DecodeError(f"unknown instruction {data[pos]}")
+        t, pos = _uint_at(data, pos + 1)
+        if t >= n_known:
+            raise DecodeError(f"string index {t} outside the table of {n_known}")
+        pk, pos = _value_at(data, pos)
         values: tuple[tuple[str, Value], ...] = ()
-        if op != Op.DELETE:
-            nv = r.uint()
-            if nv > len(data):
+        if op is not Op.DELETE:
+            nv, pos = _uint_at(data, pos)
+            if nv > size:
                 raise DecodeError("value count larger than the changeset")
-            values = tuple((_name(names, r.uint()), _read_value(r)) for _ in range(nv))
-        out.append(Instruction(op, table, pk, values))
-    r.expect_end()
+            vals = []
+            for _ in range(nv):
+                f, pos = _uint_at(data, pos)
+                if f >= n_known:
+                    raise DecodeError(f"string index {f} outside the table of {n_known}")
+                v, pos = _value_at(data, pos)
+                vals.append((names[f], v))
+            values = tuple(vals)
+        append(Instruction(op, names[t], pk, values))
+    if pos != size:
+        raise DecodeError(f"{size - pos} unexpected trailing bytes")
     return Changeset(ts, origin, tuple(out))
+
+
+_OPS = {op.value: op for op in Op}
 
 
 def _name(names: list[str], idx: int) -> str:
@@ -286,6 +352,7 @@ def _name(names: list[str], idx: int) -> str:
 def validate_changeset(cs: Changeset, schema: Mapping[str, TableSchema]) -> str | None:
     """Return why ``cs`` breaks ``schema`` (first problem found), or None."""
     seen: set[tuple[str, object]] = set()
+    fast: dict[str, dict[str, tuple[type, bool]]] = {}
     for ins in cs.instructions:
         table = schema.get(ins.table)
         if table is None:
@@ -297,8 +364,24 @@ def validate_changeset(cs: Changeset, schema: Mapping[str, TableSchema]) -> str 
         if key in seen:
             return f"{ins.table}: object {ins.pk!r} appears twice in one changeset"
         seen.add(key)
+        # Values of the plain types whose exact Python type matches need no further
+        # check (the decoder already bounds ints); everything else goes through
+        # check_value, which also writes the message.
+        types = fast.get(ins.table)
+        if types is None:
+            types = fast[ins.table] = {
+                f.name: (_FAST_TYPES.get(f.type, _NoFastPath), f.optional) for f in table.fields[1:]
+            }
         names: set[str] = set()
         for name, value in ins.values:
+            expected = types.get(name)
+            if (
+                expected is not None
+                and name not in names
+                and (type(value) is expected[0] or (value is None and expected[1]))
+            ):
+                names.add(name)
+                continue
             f = table.field(name)
             if f is None:
                 return f"{ins.table}: unknown field {name!r}"
@@ -311,6 +394,18 @@ def validate_changeset(cs: Changeset, schema: Mapping[str, TableSchema]) -> str 
             if problem is not None:
                 return f"{ins.table}: {problem}"
     return None
+
+
+class _NoFastPath:
+    pass
+
+
+_FAST_TYPES: dict[ValueType, type] = {
+    ValueType.STR: str,
+    ValueType.FLOAT: float,
+    ValueType.BOOL: bool,
+    ValueType.BYTES: bytes,
+}
 
 
 # -- compaction -------------------------------------------------------------

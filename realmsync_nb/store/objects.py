@@ -21,7 +21,7 @@ import decimal
 import sqlite3
 import struct
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..protocol.changeset import (
@@ -90,6 +90,20 @@ def to_sql(ftype: ValueType, v: Value) -> Any:
     return v
 
 
+# Python value -> SQLite value for non-None values (None: stored as is). The fast path
+# of new_row(); to_sql() is the general form.
+_CONVERTERS: dict[ValueType, Callable[[Any], Any] | None] = {
+    ValueType.INT: None,
+    ValueType.STR: None,
+    ValueType.BYTES: None,
+    ValueType.FLOAT: float,
+    ValueType.BOOL: int,
+    ValueType.DATETIME: datetime_to_micros,
+    ValueType.UUID: lambda v: v.bytes,
+    ValueType.DECIMAL: str,
+}
+
+
 def from_sql(ftype: ValueType, v: Any) -> Value:
     if v is None:
         return None
@@ -132,10 +146,38 @@ class TableCodec:
         self.select_pks = f"SELECT {q(self.pk.name)} FROM {t} WHERE _live = 1 ORDER BY rowid"
         self.select_pk_at = self.select_pks + " LIMIT 1 OFFSET ?"
         self._existing: dict[int, str] = {}
+        # Per field: None when the Python value is stored as is, else a converter.
+        self._converters: list[tuple[FieldSchema, Callable[[Any], Any] | None]] = [
+            (f, _CONVERTERS[f.type]) for f in self.fields
+        ]
         self._field_select: dict[str, str] = {
             f.name: f"SELECT {q(f.name)} FROM {t} WHERE {q(self.pk.name)} = ? AND _live = 1"
             for f in self.fields
         }
+
+    def new_row(
+        self, key: Any, values: tuple[tuple[str, Value], ...], tail: tuple[Any, ...]
+    ) -> list[Any] | None:
+        """The row of an object first created with every field in ``values``, or None.
+
+        What :meth:`encode_state` would produce for that case (all field clocks equal
+        to the creation clock), without building the state.
+        """
+        if len(values) != len(self.fields):
+            return None
+        given = dict(values)
+        row = [key]
+        for f, convert in self._converters:
+            if f.name not in given:
+                return None
+            v = given[f.name]
+            if v is None:
+                v = None if f.optional else VALUE_DEFAULTS[f.type]
+                row.append(to_sql(f.type, v))
+            else:
+                row.append(v if convert is None else convert(v))
+        row.extend(tail)
+        return row
 
     def select_existing(self, n: int) -> str:
         """SELECT the keys, among ``n`` given, that have a row (live or tombstone)."""
@@ -298,13 +340,17 @@ class ObjectTables:
         existing = {row[0] for row in self.conn.execute(codec.select_existing(len(keys)), keys)}
         rows = []
         changed = 0
+        tail = (clock_to_sql(clock), None, None, 1)  # created, deleted, uniform clocks, live
         for key, ins in zip(keys, group, strict=True):
             if key in existing:
                 changed += self.apply_instruction(ins, clock)
                 continue
-            state = ObjectState()
-            apply_instruction(state, ins, clock)
-            rows.append([key, *codec.encode_state(state)])
+            row = codec.new_row(key, ins.values, tail)
+            if row is None:  # not every field given: per-field clocks differ
+                state = ObjectState()
+                apply_instruction(state, ins, clock)
+                row = [key, *codec.encode_state(state)]
+            rows.append(row)
         if rows:
             self.conn.executemany(codec.insert, rows)
         return changed + len(rows)

@@ -42,7 +42,7 @@ from ..protocol.changeset import (
     pk_key,
 )
 from ..protocol.schema import FieldSchema, TableSchema, Value, check_value
-from .objects import ObjectTables, schema_from_json, schema_json
+from .objects import ObjectTables, clock_to_sql, schema_from_json, schema_json
 
 __all__ = ["FileProgress", "IntegrateResult", "LocalTransaction", "RealmFile"]
 
@@ -321,6 +321,7 @@ class LocalTransaction:
         # States read for an existence check, kept so _record need not read them again.
         self._read: dict[tuple[str, object], ObjectState | None] = {}
         self.done = False
+        self._new_tail = (clock_to_sql(self.clock), None, None, 1)
         self.body_size = 0  # bytes of the committed changeset
 
     def _check(self, table: str, values: Mapping[str, Value]) -> TableSchema:
@@ -397,6 +398,13 @@ class LocalTransaction:
                 self._read.pop(key) if key in self._read else self.objects.read_state(codec, ins.pk)
             )
             net = ins
+            if base is None and ins.op is Op.CREATE:
+                # The common case of a bulk write: a new object with every field.
+                row = codec.new_row(codec.pk_sql(ins.pk), ins.values, self._new_tail)
+                if row is not None:
+                    self._touched[key] = (None, ins)
+                    self.objects.conn.execute(codec.insert, row)
+                    return
         else:
             base, prev = entry
             net = fold(prev, ins) or ins
