@@ -15,6 +15,7 @@ Then it waits out the backoff delay and tries again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import itertools
@@ -172,10 +173,16 @@ class Session:
         self._down = Counters(0, 0)
         self._up_view = IndefiniteView(self._up)
         self._down_view = IndefiniteView(self._down)
-        self._upload_ack = 0
+        # Acknowledgements: the server's word counts at once (waits, progress); storing
+        # it can lag, batched, because a re-sent changeset is only re-acknowledged.
+        self._upload_ack = 0  # highest client version the server acknowledged
+        self._stored_ack = 0  # highest acknowledgement written to the file
+        # (client version, bytes) of every unacknowledged local changeset, in order.
+        self._pending_sizes: collections.deque[tuple[int, int]] = collections.deque()
+        self._ack_flusher: asyncio.Task[None] | None = None
         self._download_cursor = 0
         self._commit_lock = threading.Lock()
-        self._commit_bytes = 0
+        self._commits: list[tuple[int, int]] = []  # (client version, bytes) not yet seen
         self._commit_queued = False
 
     # -- public API ---------------------------------------------------------------
@@ -335,6 +342,22 @@ class Session:
         view = self._up_view if direction is ProgressDirection.UPLOAD else self._down_view
         return SyncProgress(*view.view(self._counters(direction)))
 
+    def record_condition(self, message: str) -> None:
+        """Record an outside observation about the network as a CONDITIONS event.
+
+        The session cannot see why its network got slow or went away; whoever changes
+        the network can say so here (``realmsync_nb.faults.FaultProxy`` does, for every
+        session it watches), so an event log, and the plots drawn from it, show where
+        latency went up or a blackhole began. Safe from any thread; does nothing once
+        the app has stopped.
+        """
+        if not self._thread.alive:
+            return
+        try:
+            self._thread.call(functools.partial(self._emit, EventKind.CONDITIONS, message=message))
+        except RuntimeError:  # the sync thread's loop closed meanwhile
+            pass
+
     def __repr__(self) -> str:
         return (
             f"<Session {self.name} state={self._state.value} connection={self._conn_state.value}>"
@@ -367,7 +390,8 @@ class Session:
     def _start(self) -> None:
         def start() -> None:
             p = self._file.progress()
-            self._upload_ack = p.upload_cursor
+            self._upload_ack = self._stored_ack = p.upload_cursor
+            self._pending_sizes = collections.deque(self._file.pending_sizes(p.upload_cursor))
             self._up = Counters(p.uploaded_bytes, p.uploadable_bytes)
             self._down = Counters(p.downloaded_bytes, p.downloaded_bytes)
             self._up_view = IndefiniteView(self._up)
@@ -377,8 +401,13 @@ class Session:
         self._thread.run_sync(start)
 
     def _close(self) -> None:
+        tasks: list[asyncio.Task[None]] = []
+
         def close() -> None:
             self._transition("close")
+            tasks.extend(t for t in (self._runner, self._ack_flusher) if t is not None)
+            if self._ack_flusher is not None:
+                self._ack_flusher.cancel()
             self._stop_runner()
             self._fail_waits(SessionInactiveError("the realm was closed"))
             for esink in self._event_sinks:
@@ -396,11 +425,10 @@ class Session:
 
         if self._thread.alive:
             self._thread.run_sync(close)
-            runner = self._runner
-            if runner is not None and not self._thread.on_thread:
-                # Let the cancelled connection loop unwind before the file closes.
+            if tasks and not self._thread.on_thread:
+                # Let the cancelled tasks unwind before the file closes.
                 async def join() -> None:
-                    await asyncio.gather(runner, return_exceptions=True)
+                    await asyncio.gather(*tasks, return_exceptions=True)
 
                 try:
                     asyncio.run_coroutine_threadsafe(join(), self._thread.loop).result(10)
@@ -632,7 +660,7 @@ class Session:
         write loop wakes the sync thread once per batch, not once per commit.
         """
         with self._commit_lock:
-            self._commit_bytes += nbytes
+            self._commits.append((version, nbytes))
             if self._commit_queued:
                 return
             self._commit_queued = True
@@ -641,10 +669,19 @@ class Session:
 
     def _apply_commits(self) -> None:
         with self._commit_lock:
-            nbytes, self._commit_bytes, self._commit_queued = self._commit_bytes, 0, False
-        if self._state is SS.INACTIVE:
+            commits, self._commits, self._commit_queued = self._commits, [], False
+        if not commits or self._state is SS.INACTIVE:
             return
-        self._up = Counters(self._up.transferred, self._up.transferable + nbytes)
+        pending = self._pending_sizes
+        for version, nbytes in commits:
+            if pending and version < pending[-1][0]:  # two threads' commits, reordered
+                pending = self._pending_sizes = collections.deque(
+                    sorted([*pending, (version, nbytes)])
+                )
+            else:
+                pending.append((version, nbytes))
+        added = sum(n for _, n in commits)
+        self._up = Counters(self._up.transferred, self._up.transferable + added)
         self._progress_changed(ProgressDirection.UPLOAD)
         self._upload_wake.set()
 
@@ -810,27 +847,29 @@ class Session:
 
     async def _integrate(self, msg: Download) -> None:
         bodies = [c.body for c in msg.changesets]
-        old_ack = self._upload_ack
-        if bodies or msg.upload_ack > old_ack or msg.download_cursor > self._download_cursor:
+        if bodies or msg.download_cursor > self._download_cursor:
+            ack = max(msg.upload_ack, self._upload_ack)
             try:
                 result = await self._in_db(
-                    lambda: self._file.integrate(msg.download_cursor, bodies, msg.upload_ack)
+                    lambda: self._file.integrate(msg.download_cursor, bodies, ack)
                 )
             except DecodeError as exc:
                 raise ProtocolError(
                     f"the server sent a bad changeset: {exc}", code=ErrorCode.BAD_CHANGESET
                 ) from None
             self._download_cursor = msg.download_cursor
-        else:  # nothing to store: only the remaining byte count may have changed
+            self._stored_ack = max(self._stored_ack, ack)
+            if result.changesets:
+                self._emit(
+                    EventKind.DOWNLOAD_INTEGRATED,
+                    bytes=result.bytes,
+                    changesets=result.changesets,
+                    server_version=msg.download_cursor,
+                    remaining_bytes=msg.remaining_bytes,
+                )
+        else:
             result = IntegrateResult(0, 0, 0, 0, 0)
-        if result.changesets:
-            self._emit(
-                EventKind.DOWNLOAD_INTEGRATED,
-                bytes=result.bytes,
-                changesets=result.changesets,
-                server_version=msg.download_cursor,
-                remaining_bytes=msg.remaining_bytes,
-            )
+        self._acknowledged(msg.upload_ack)
         down = Counters(
             self._down.transferred + result.bytes,
             self._down.transferred + result.bytes + msg.remaining_bytes,
@@ -838,31 +877,48 @@ class Session:
         if down != self._down:
             self._down = down
             self._progress_changed(ProgressDirection.DOWNLOAD)
-        if msg.upload_ack > old_ack:
-            self._upload_ack = msg.upload_ack
-            sent = [self._sent_at.pop(cv) for cv in list(self._sent_at) if cv <= msg.upload_ack]
-            self._emit(
-                EventKind.UPLOAD_ACKED,
-                bytes=result.acked_bytes,
-                changesets=result.acked_changesets,
-                client_version=msg.upload_ack,
-                latency=(time.monotonic() - min(sent)) if sent else None,
-            )
-            if result.acked_bytes:
-                self._up = Counters(
-                    self._up.transferred + result.acked_bytes, self._up.transferable
-                )
-                self._progress_changed(ProgressDirection.UPLOAD)
-            self._check_upload_waiters()
+
+    def _acknowledged(self, ack: int) -> None:
+        """The server acknowledged every changeset up to ``ack``: report, release waits,
+        and have the acknowledgement stored (in the background, batched)."""
+        if ack <= self._upload_ack:
+            return
+        self._apply_commits()  # every version the server can acknowledge is counted
+        self._upload_ack = ack
+        pending = self._pending_sizes
+        changesets = nbytes = 0
+        while pending and pending[0][0] <= ack:
+            nbytes += pending.popleft()[1]
+            changesets += 1
+        sent = [self._sent_at.pop(cv) for cv in list(self._sent_at) if cv <= ack]
+        self._emit(
+            EventKind.UPLOAD_ACKED,
+            bytes=nbytes,
+            changesets=changesets,
+            client_version=ack,
+            latency=(time.monotonic() - min(sent)) if sent else None,
+        )
+        if nbytes:
+            self._up = Counters(self._up.transferred + nbytes, self._up.transferable)
+            self._progress_changed(ProgressDirection.UPLOAD)
+        self._check_upload_waiters()
+        if self._stored_ack < ack and (self._ack_flusher is None or self._ack_flusher.done()):
+            self._ack_flusher = asyncio.get_running_loop().create_task(self._store_acks())
+
+    async def _store_acks(self) -> None:
+        """Write acknowledgements to the file, one transaction for all that arrived
+        while the previous one was written (a fast uploader gets one per UPLOAD)."""
+        while self._stored_ack < self._upload_ack:
+            target = self._upload_ack
+            await self._in_db(functools.partial(self._file.acknowledge, target))
+            self._stored_ack = max(self._stored_ack, target)
 
     async def _uploader(self, ws: ClientConnection, proto: ClientProtocol, acked: int) -> None:
         sent = acked  # everything unacknowledged is re-sent; the server skips duplicates
         max_bytes = self._app.config.upload_batch_bytes
         while True:
             self._upload_wake.clear()
-            batch = await self._in_db(
-                functools.partial(self._file.pending_uploads, sent, max_bytes)
-            )
+            batch = self._file.pending_uploads(sent, max_bytes)  # a short read
             if not batch:
                 await self._upload_wake.wait()
                 continue

@@ -123,6 +123,9 @@ class RealmFile:
         try:
             self.conn = connect(self.path)
             self.sync_conn = connect(self.path)
+            # Reads of the history to upload, on the sync thread's event loop itself:
+            # small and lock-free in WAL mode, so not worth a hop to the db worker.
+            self.read_conn = connect(self.path)
             self.lock = threading.RLock()  # serialises use of self.conn across user threads
             # Held by whichever connection writes. SQLite would serialise the two
             # connections itself, but its busy handler sleeps in steps of milliseconds;
@@ -141,7 +144,7 @@ class RealmFile:
             self.latest_client_version = self._latest_client_version(self.conn)
         except BaseException:
             # A failed open (e.g. SchemaError) must not leave connections behind.
-            for name in ("conn", "sync_conn"):
+            for name in ("conn", "sync_conn", "read_conn"):
                 opened = self.__dict__.get(name)
                 if opened is not None:
                     opened.close()
@@ -216,13 +219,23 @@ class RealmFile:
             downloaded_bytes=int(meta["downloaded_bytes"]),
         )
 
+    def pending_sizes(self, after: int) -> list[tuple[int, int]]:
+        """(client version, bytes) of every local changeset after ``after``, in order."""
+        return list(
+            self.read_conn.execute(
+                "SELECT client_version, length(body) FROM _history WHERE client_version > ? "
+                "ORDER BY client_version",
+                (after,),
+            )
+        )
+
     def pending_uploads(
         self, after: int, max_bytes: int, max_count: int = 10_000
     ) -> list[tuple[int, bytes]]:
         """Local changesets with client version > ``after``, up to about ``max_bytes``."""
         out: list[tuple[int, bytes]] = []
         total = 0
-        for cv, body in self.sync_conn.execute(
+        for cv, body in self.read_conn.execute(
             "SELECT client_version, body FROM _history WHERE client_version > ? "
             "ORDER BY client_version LIMIT ?",
             (after, max_count),
@@ -245,22 +258,10 @@ class RealmFile:
         c = self.sync_conn
         changed = 0
         nbytes = sum(len(b) for b in changesets)
-        acked = acked_bytes = 0
         with self.write_lock, transaction(c):
             for cs in decoded:
                 changed += self.sync_objects.apply_changeset(cs)
-            old_ack = int(self.get_meta("upload_cursor", c))
-            if upload_ack > old_ack:
-                acked, acked_bytes = c.execute(
-                    "SELECT count(*), coalesce(sum(length(body)), 0) FROM _history "
-                    "WHERE client_version > ? AND client_version <= ?",
-                    (old_ack, upload_ack),
-                ).fetchone()
-                c.execute("DELETE FROM _history WHERE client_version <= ?", (upload_ack,))
-                c.execute("UPDATE _meta SET value=? WHERE key='upload_cursor'", (upload_ack,))
-                c.execute(
-                    "UPDATE _meta SET value=value+? WHERE key='uploaded_bytes'", (acked_bytes,)
-                )
+            acked, acked_bytes = self._record_ack(c, upload_ack)
             c.execute(
                 "UPDATE _meta SET value=max(value, ?) WHERE key='download_cursor'",
                 (download_cursor,),
@@ -273,6 +274,29 @@ class RealmFile:
                         self.clock.observe(cs.ts)
                     c.execute("UPDATE _meta SET value=? WHERE key='hlc'", (self.clock.last,))
         return IntegrateResult(len(decoded), nbytes, changed, int(acked), int(acked_bytes))
+
+    def acknowledge(self, upload_ack: int) -> tuple[int, int]:
+        """Record the server's acknowledgement alone; returns (changesets, bytes) newly acked."""
+        with self.write_lock, transaction(self.sync_conn):
+            return self._record_ack(self.sync_conn, upload_ack)
+
+    def _record_ack(self, c: sqlite3.Connection, upload_ack: int) -> tuple[int, int]:
+        """Advance the upload cursor, trim acknowledged history, count the bytes."""
+        old_ack = int(self.get_meta("upload_cursor", c))
+        if upload_ack <= old_ack:
+            return 0, 0
+        acked, acked_bytes = c.execute(
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM _history "
+            "WHERE client_version > ? AND client_version <= ?",
+            (old_ack, upload_ack),
+        ).fetchone()
+        c.execute("DELETE FROM _history WHERE client_version <= ?", (upload_ack,))
+        c.execute(
+            "UPDATE _meta SET value = CASE key WHEN 'upload_cursor' THEN ? ELSE value + ? END "
+            "WHERE key IN ('upload_cursor', 'uploaded_bytes')",
+            (upload_ack, acked_bytes),
+        )
+        return int(acked), int(acked_bytes)
 
     # -- reads --------------------------------------------------------------------
 
@@ -292,6 +316,7 @@ class RealmFile:
         with self.lock:
             self.conn.close()
             self.sync_conn.close()
+            self.read_conn.close()
         os.close(self._lock_fd)
 
 
