@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    # websockets logs every connection opening and closing at INFO: too chatty for a
+    # sync server with many devices; our own logger says what matters.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
     return asyncio.run(_serve(args))
 
 
