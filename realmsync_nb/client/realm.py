@@ -188,9 +188,8 @@ class Realm:
             txn.rollback()
             raise
         self._txn = None
-        version = txn.commit()
-        if version is not None:
-            self._session._local_commit(version, txn.body_size)
+        if txn.commit() is not None:
+            self._session._local_commit(txn.parts)
 
     def add(self, obj: M, update: bool = False) -> M:
         """Add an unmanaged object (or upsert with ``update=True``); returns the managed one.

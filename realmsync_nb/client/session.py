@@ -653,14 +653,14 @@ class Session:
         for reg in [r for r in self._progress if r.direction is direction]:
             self._report(reg)
 
-    def _local_commit(self, version: int, nbytes: int) -> None:
-        """Called by Realm after a local commit of ``nbytes`` changeset bytes (any thread).
+    def _local_commit(self, parts: list[tuple[int, int]]) -> None:
+        """Called by Realm after a local commit of changesets ``(client version, bytes)``.
 
         Commits that arrive while a notification is still queued join it: a tight
         write loop wakes the sync thread once per batch, not once per commit.
         """
         with self._commit_lock:
-            self._commits.append((version, nbytes))
+            self._commits.extend(parts)
             if self._commit_queued:
                 return
             self._commit_queued = True

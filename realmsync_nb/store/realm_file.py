@@ -41,6 +41,7 @@ from ..protocol.changeset import (
     fold,
     pk_key,
 )
+from ..protocol.messages import MAX_MESSAGE_SIZE
 from ..protocol.schema import FieldSchema, TableSchema, Value, check_value
 from .objects import ObjectTables, clock_to_sql, schema_from_json, schema_json
 
@@ -347,7 +348,8 @@ class LocalTransaction:
         self._read: dict[tuple[str, object], ObjectState | None] = {}
         self.done = False
         self._new_tail = (clock_to_sql(self.clock), None, None, 1)
-        self.body_size = 0  # bytes of the committed changeset
+        self.body_size = 0  # bytes of the committed changeset(s)
+        self.parts: list[tuple[int, int]] = []  # (client version, bytes) per changeset
 
     def _check(self, table: str, values: Mapping[str, Value]) -> TableSchema:
         schema = self.file.schema.get(table)
@@ -445,22 +447,29 @@ class LocalTransaction:
             raise RealmError("this transaction has already ended")
         self.done = True
         c = self.file.conn
+        version: int | None = None
         try:
             if self._touched:
-                cs = Changeset(
-                    self.clock[0], self.clock[1], tuple(net for _, net in self._touched.values())
+                bodies = split_encode(
+                    self.clock, [net for _, net in self._touched.values()], MAX_CHANGESET_BYTES
                 )
-                body = encode_changeset(cs)
-                self.body_size = len(body)
-                cur = c.execute("INSERT INTO _history (body) VALUES (?)", (body,))
-                version = cur.lastrowid
+                if max(map(len, bodies)) > MAX_MESSAGE_SIZE - 4096:
+                    raise RealmError(
+                        "a single object's change is larger than a sync message "
+                        f"({MAX_MESSAGE_SIZE // (1024 * 1024)} MiB) and could never upload; "
+                        "store large blobs outside the realm"
+                    )
+                for body in bodies:
+                    cur = c.execute("INSERT INTO _history (body) VALUES (?)", (body,))
+                    version = cur.lastrowid
+                    assert version is not None
+                    self.parts.append((version, len(body)))
+                self.body_size = sum(n for _, n in self.parts)
                 c.execute(
                     "UPDATE _meta SET value = CASE key WHEN 'hlc' THEN max(value, ?) "
                     "ELSE value + ? END WHERE key IN ('hlc', 'uploadable_bytes')",
-                    (self.clock[0], len(body)),
+                    (self.clock[0], self.body_size),
                 )
-            else:
-                version = None
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -481,6 +490,30 @@ class LocalTransaction:
         finally:
             self.file.write_lock.release()
             self.file.lock.release()
+
+
+# A transaction whose changeset would be larger than this is stored as several
+# changesets with consecutive client versions and the transaction's one clock, so
+# each fits a protocol message and no process holds a huge one in memory at once.
+# Merge results are the same (every instruction keeps the transaction's clock, and
+# each object appears in one part only); other devices may integrate the parts in
+# separate steps.
+MAX_CHANGESET_BYTES = 4 * 1024 * 1024
+
+
+def split_encode(
+    clock: tuple[int, int], instructions: list[Instruction], limit: int
+) -> list[bytes]:
+    """Encode a transaction's instructions as one changeset, or several below ``limit``."""
+    body = encode_changeset(Changeset(clock[0], clock[1], tuple(instructions)))
+    if len(body) <= limit or len(instructions) < 2:
+        return [body]
+    parts = -(-len(body) // (limit // 2))  # aim at half the limit: sizes vary per object
+    step = -(-len(instructions) // parts)
+    out: list[bytes] = []
+    for start in range(0, len(instructions), step):
+        out.extend(split_encode(clock, instructions[start : start + step], limit))
+    return out
 
 
 def _default(f: FieldSchema) -> Value:

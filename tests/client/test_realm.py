@@ -4,6 +4,7 @@ as two devices see them through a real server."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import time
 
 import pytest
@@ -329,3 +330,51 @@ def test_merge_delete_beats_concurrent_update(
     assert converged(server, a, b) is None
     assert not t_on_b.is_valid  # type: ignore[union-attr]
     assert len(a.all(Task)) == len(b.all(Task)) == 0
+
+
+def test_a_large_transaction_is_stored_in_parts_and_syncs_whole(
+    open_realm: OpenRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction over the changeset size limit travels as several changesets.
+
+    Without the split, a changeset larger than a protocol message could never be
+    uploaded, and the session would retry forever.
+    """
+    from realmsync_nb.protocol.changeset import decode_changeset
+    from realmsync_nb.store import realm_file
+
+    monkeypatch.setattr(realm_file, "MAX_CHANGESET_BYTES", 2_000)
+    a, b = open_realm("A"), open_realm("B")
+    a.sync_session.pause()  # keep the parts in the history to look at them
+    with a.write():
+        for i in range(300):
+            a.add(Task(id=f"big-{i}", title="x" * 20, priority=i))
+    with sqlite3.connect(a.path) as c:
+        bodies = [row[0] for row in c.execute("SELECT body FROM _history ORDER BY 1")]
+    c.close()
+    assert len(bodies) > 3, "the transaction was not split"
+    assert all(len(body) <= 2_000 for body in bodies)
+    parts = [decode_changeset(body) for body in bodies]
+    assert len({p.clock for p in parts}) == 1, "every part keeps the transaction's clock"
+    pks = [ins.pk for p in parts for ins in p.instructions]
+    assert sorted(pks) == sorted(f"big-{i}" for i in range(300))  # each object once
+
+    a.sync_session.resume()
+    a.sync_session.wait_for_upload().result(T(10))
+    b.sync_session.wait_for_download().result(T(10))
+    assert len(b.all(Task)) == 300
+    assert b.snapshot() == a.snapshot()
+
+
+def test_an_object_too_large_to_sync_is_refused_and_nothing_is_written(
+    open_realm: OpenRealm,
+) -> None:
+    from realmsync_nb.protocol.messages import MAX_MESSAGE_SIZE
+
+    a = open_realm("A")
+    with pytest.raises(rs.RealmError, match="larger than a sync message"), a.write():
+        a.add(Note(id=1, text="x" * MAX_MESSAGE_SIZE))
+    assert a.find(Note, 1) is None
+    with a.write():
+        a.add(Note(id=2, text="fits"))
+    a.sync_session.wait_for_upload().result(T(10))
