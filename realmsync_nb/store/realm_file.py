@@ -350,6 +350,7 @@ class LocalTransaction:
         self._new_tail = (clock_to_sql(self.clock), None, None, 1)
         self.body_size = 0  # bytes of the committed changeset(s)
         self.parts: list[tuple[int, int]] = []  # (client version, bytes) per changeset
+        self._last_ts = 0
 
     def _check(self, table: str, values: Mapping[str, Value]) -> TableSchema:
         schema = self.file.schema.get(table)
@@ -431,6 +432,8 @@ class LocalTransaction:
                 if row is not None:
                     self._touched[key] = (None, ins)
                     self.objects.conn.execute(codec.insert, row)
+                    if len(self._touched) >= FLUSH_OBJECTS:
+                        self._write_part()
                     return
         else:
             base, prev = entry
@@ -440,6 +443,37 @@ class LocalTransaction:
         apply_instruction(state, net, self.clock)
         is_new = base is None and entry is None
         self.objects.write_state(codec, ins.pk, state, is_new=is_new)
+        if len(self._touched) >= FLUSH_OBJECTS:
+            self._write_part()
+
+    def _write_part(self) -> None:
+        """Write the instructions gathered so far to the history as changeset(s).
+
+        Called at commit, and during a transaction every FLUSH_OBJECTS objects so a
+        huge transaction never holds all its instructions in memory. The clock moves
+        on after each part: an object touched again later in the transaction gets
+        a newer clock, exactly as if the transaction had been several in a row.
+        """
+        if not self._touched:
+            return
+        bodies = split_encode(
+            self.clock, [net for _, net in self._touched.values()], MAX_CHANGESET_BYTES
+        )
+        if max(map(len, bodies)) > MAX_MESSAGE_SIZE - 4096:
+            raise RealmError(
+                "a single object's change is larger than a sync message "
+                f"({MAX_MESSAGE_SIZE // (1024 * 1024)} MiB) and could never upload; "
+                "store large blobs outside the realm"
+            )
+        c = self.file.conn
+        for body in bodies:
+            version = c.execute("INSERT INTO _history (body) VALUES (?)", (body,)).lastrowid
+            assert version is not None
+            self.parts.append((version, len(body)))
+        self._last_ts = self.clock[0]
+        self._touched.clear()
+        self.clock = (self.file.next_clock(), self.file.client_id)
+        self._new_tail = (clock_to_sql(self.clock), None, None, 1)
 
     def commit(self) -> int | None:
         """Commit; returns the new client version, or None if nothing was written."""
@@ -447,38 +481,27 @@ class LocalTransaction:
             raise RealmError("this transaction has already ended")
         self.done = True
         c = self.file.conn
-        version: int | None = None
         try:
-            if self._touched:
-                bodies = split_encode(
-                    self.clock, [net for _, net in self._touched.values()], MAX_CHANGESET_BYTES
-                )
-                if max(map(len, bodies)) > MAX_MESSAGE_SIZE - 4096:
-                    raise RealmError(
-                        "a single object's change is larger than a sync message "
-                        f"({MAX_MESSAGE_SIZE // (1024 * 1024)} MiB) and could never upload; "
-                        "store large blobs outside the realm"
-                    )
-                for body in bodies:
-                    cur = c.execute("INSERT INTO _history (body) VALUES (?)", (body,))
-                    version = cur.lastrowid
-                    assert version is not None
-                    self.parts.append((version, len(body)))
+            self._write_part()
+            if self.parts:
                 self.body_size = sum(n for _, n in self.parts)
                 c.execute(
                     "UPDATE _meta SET value = CASE key WHEN 'hlc' THEN max(value, ?) "
                     "ELSE value + ? END WHERE key IN ('hlc', 'uploadable_bytes')",
-                    (self.clock[0], self.body_size),
+                    (self._last_ts, self.body_size),
                 )
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
+            self.parts.clear()
             raise
         finally:
             self.file.write_lock.release()
             self.file.lock.release()
-        if version is not None:
-            self.file.latest_client_version = version
+        if not self.parts:
+            return None
+        version = self.parts[-1][0]
+        self.file.latest_client_version = version
         return version
 
     def rollback(self) -> None:
@@ -499,6 +522,8 @@ class LocalTransaction:
 # each object appears in one part only); other devices may integrate the parts in
 # separate steps.
 MAX_CHANGESET_BYTES = 4 * 1024 * 1024
+# Objects a transaction gathers before writing them out as a part (see _write_part).
+FLUSH_OBJECTS = 20_000
 
 
 def split_encode(
