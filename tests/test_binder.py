@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+# An install plus every notebook: more than the suite's 120 s per test, and bounded
+# by the subprocess timeouts below instead.
+@pytest.mark.timeout(T(1800))
 def test_notebooks_run_in_a_fresh_binder_environment(tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

@@ -9,148 +9,18 @@ also awaitable from any running loop) or a :class:`Stream`.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import queue
-import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from typing import Generic, Protocol, TypeVar
+
+from ..threads import LoopThread as SyncThread
+from ..threads import SyncFuture
 
 __all__ = ["Stream", "StreamSink", "Subscription", "SyncFuture", "SyncThread"]
 
 T = TypeVar("T")
 logger = logging.getLogger("realmsync_nb")
-
-
-class SyncFuture(concurrent.futures.Future[T]):
-    """A future completed on the sync thread.
-
-    ``fut.result(timeout=5)`` blocks in plain code; ``await fut`` works inside any
-    running asyncio loop (a notebook cell, async code). ``fut.cancel()`` removes
-    the waiter from the session, so nothing is left registered.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._on_cancel: Callable[[], None] | None = None
-
-    def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.wrap_future(self).__await__()
-
-    def cancel(self) -> bool:
-        cancelled = super().cancel()
-        hook, self._on_cancel = self._on_cancel, None
-        if cancelled and hook is not None:
-            hook()
-        return cancelled
-
-    # Completing an already-cancelled future raises in concurrent.futures; the
-    # sync thread may race a caller's cancel(), so completion is best effort.
-    def set_result_if_pending(self, value: T) -> None:
-        if not self.done():
-            try:
-                self.set_result(value)
-            except concurrent.futures.InvalidStateError:
-                pass
-
-    def set_exception_if_pending(self, exc: BaseException) -> None:
-        if not self.done():
-            try:
-                self.set_exception(exc)
-            except concurrent.futures.InvalidStateError:
-                pass
-
-
-class SyncThread:
-    """A daemon thread running one asyncio event loop until :meth:`stop`."""
-
-    def __init__(self, name: str = "realmsync-sync") -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._started = threading.Event()
-        self._thread.start()
-        self._started.wait()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(self._started.set)
-        try:
-            self.loop.run_forever()
-        finally:
-            try:
-                pending = asyncio.all_tasks(self.loop)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            finally:
-                self.loop.close()
-
-    @property
-    def on_thread(self) -> bool:
-        return threading.current_thread() is self._thread
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and not self.loop.is_closed()
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the sync thread (now, if already on it)."""
-        if self.on_thread:
-            fn(*args)
-        else:
-            self.loop.call_soon_threadsafe(fn, *args)
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> SyncFuture[T]:
-        """Run ``coro`` on the sync thread; its result completes the returned future."""
-        fut: SyncFuture[T] = SyncFuture()
-
-        def start() -> None:
-            task = self.loop.create_task(coro)
-
-            def cancel_task() -> None:
-                self.loop.call_soon_threadsafe(task.cancel)
-
-            fut._on_cancel = cancel_task
-
-            def done(t: asyncio.Task[T]) -> None:
-                if t.cancelled():
-                    fut.cancel()
-                elif (exc := t.exception()) is not None:
-                    fut.set_exception_if_pending(exc)
-                else:
-                    fut.set_result_if_pending(t.result())
-
-            task.add_done_callback(done)
-
-        self.call(start)
-        return fut
-
-    def run_sync(self, fn: Callable[[], T], timeout: float | None = None) -> T:
-        """Run ``fn`` on the sync thread and wait for its result (inline if on it)."""
-        if self.on_thread:
-            return fn()
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(run)
-        return fut.result(timeout)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.loop.is_closed():
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        except RuntimeError:
-            return
-        if not self.on_thread:
-            self._thread.join(timeout)
 
 
 T_contra = TypeVar("T_contra", contravariant=True)

@@ -709,7 +709,10 @@ class Session:
             finally:
                 ws, self._ws, self._protocol = self._ws, None, None
                 if ws is not None:
-                    ws.transport.abort()
+                    try:
+                        ws.transport.abort()
+                    except RuntimeError:  # the app's loop is shutting down
+                        pass
                 self._unassign_marks()
                 self._fail_sent_test_commands(error)
             if isinstance(error, AuthError) and error.code not in (0, ErrorCode.TOKEN_EXPIRED):
@@ -811,8 +814,10 @@ class Session:
 
     _pong: asyncio.Event | None = None
     _ping_sent: float = 0.0
+    _last_received: float = 0.0
 
     async def _handle(self, proto: ClientProtocol, data: bytes | str) -> None:
+        self._last_received = time.monotonic()
         msg = proto.receive(data if isinstance(data, bytes) else data.encode())
         if isinstance(msg, Download):
             if self._conn_state is CS.CONNECTING:  # the first DOWNLOAD acknowledges BIND
@@ -944,9 +949,20 @@ class Session:
             self._pong = asyncio.Event()
             self._ping_sent = time.monotonic()
             await ws.send(proto.ping(nonce))
-            try:
-                await asyncio.wait_for(self._pong.wait(), t.pong_timeout)
-            except TimeoutError:
-                raise TimeoutError(
-                    f"no PONG within {t.pong_timeout} s: the connection is dead"
-                ) from None
+            # Dead means silent: no PONG and nothing else from the server for
+            # pong_timeout. On a slow uplink the PING queues behind our own UPLOADs
+            # while the server keeps acknowledging them; that link is alive.
+            deadline = self._ping_sent + t.pong_timeout
+            while not self._pong.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if self._last_received <= self._ping_sent:
+                        raise TimeoutError(
+                            f"no PONG within {t.pong_timeout} s: the connection is dead"
+                        )
+                    deadline = self._last_received + t.pong_timeout
+                    continue
+                try:
+                    await asyncio.wait_for(self._pong.wait(), remaining)
+                except TimeoutError:
+                    pass

@@ -20,6 +20,7 @@ from realmsync_nb.notebook.asyncio_helpers import (
     run,
 )
 from realmsync_nb.notebook.eventlog import COLUMN_DTYPES, EventLog, read_csv
+from realmsync_nb.notebook.network import NetworkConditionsWidget
 from realmsync_nb.notebook.plots import (
     plot_ack_latency,
     plot_connection_timeline,
@@ -39,6 +40,7 @@ __all__ = [
     "COLUMN_DTYPES",
     "Dashboard",
     "EventLog",
+    "NetworkConditionsWidget",
     "SessionWidget",
     "Throttle",
     "enable_nested_asyncio",

@@ -37,6 +37,8 @@ _NEEDS_CONNECTION = [
     k.value for k in (EventKind.UPLOAD_ACKED, EventKind.DOWNLOAD_INTEGRATED, EventKind.HEARTBEAT)
 ]
 _DIRECTION_STYLE = {"upload": "-", "download": "--"}
+#: Color of CONDITIONS marks (a change of network conditions, from realmsync_nb.faults).
+CONDITIONS_COLOR = "#9467bd"
 # Nice bin widths for throughput, in seconds.
 _BIN_WIDTHS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600)
 
@@ -110,7 +112,9 @@ def plot_progress(data: Data, ax: Axes | None = None, *, time_axis: TimeAxis = "
     """Progress estimate (transferred / transferable) over time from PROGRESS events.
 
     One step line per direction per session, labelled ``"<session> <direction>"``:
-    color by session, solid for upload and dashed for download.
+    color by session, solid for upload and dashed for download. A change of network
+    conditions (CONDITIONS events, from a watching fault proxy) is a dotted vertical
+    line, so a slower slope lines up with the cap that caused it.
     """
     df = _frame(data)
     ax = _axes(ax)
@@ -128,6 +132,10 @@ def plot_progress(data: Data, ax: Axes | None = None, *, time_axis: TimeAxis = "
             linestyle=_DIRECTION_STYLE.get(str(direction), ":"),
             label=f"{session} {direction}",
         )
+    changes = np.unique(clock.x(df.loc[df["kind"] == EventKind.CONDITIONS.value, "time"]))
+    for i, x in enumerate(changes):
+        label = "conditions changed" if i == 0 else "_conditions"
+        ax.axvline(x, color=CONDITIONS_COLOR, linestyle=":", linewidth=1.2, label=label)
     if progress.empty:
         _empty(ax, "PROGRESS events")
     else:
@@ -179,7 +187,8 @@ def plot_connection_timeline(
     Spans come from CONNECTION events (a session's first span starts at its first
     event, in the first change's ``previous`` state; a session with no CONNECTION
     event but acks, downloads or heartbeats was connected all along); pauses are
-    ``v`` markers, resumes ``^`` and errors red ``x``.
+    ``v`` markers, resumes ``^``, errors red ``x`` and changes of network conditions
+    (CONDITIONS events) purple ``|`` across the lane.
     """
     df = _frame(data)
     ax = _axes(ax)
@@ -187,7 +196,7 @@ def plot_connection_timeline(
     sessions = _sessions(df)
     end = float(clock.x(df["time"]).max()) if len(df) else 0.0
     seen_states: set[str] = set()
-    marked: dict[str, bool] = {"pause": False, "resume": False, "error": False}
+    marked: dict[str, bool] = {"pause": False, "resume": False, "error": False, "conditions": False}
     for lane, session in enumerate(sessions):
         events = df[df["session"] == session]
         for state, spans in _connection_spans(events, clock, end).items():
@@ -202,6 +211,13 @@ def plot_connection_timeline(
             ("pause", _marks(events, EventKind.PAUSE, "paused"), "v", "black", -0.2),
             ("resume", _marks(events, EventKind.RESUME, "active"), "^", "black", -0.2),
             ("error", events[events["kind"] == EventKind.ERROR.value], "x", "red", 0.0),
+            (
+                "conditions",
+                events[events["kind"] == EventKind.CONDITIONS.value],
+                "|",
+                CONDITIONS_COLOR,
+                0.0,
+            ),
         ):
             if marks.empty:
                 continue
@@ -212,7 +228,8 @@ def plot_connection_timeline(
                 linestyle="none",
                 marker=marker,
                 color=color,
-                markersize=8,
+                markersize=20 if label == "conditions" else 8,
+                markeredgewidth=2 if label == "conditions" else None,
                 label="_" + label,
             )
             marked[label] = True
@@ -222,7 +239,12 @@ def plot_connection_timeline(
         Patch(color=STATE_COLORS.get(s, "#9467bd"), label=s)
         for s in sorted(seen_states, key=lambda s: (s not in STATE_COLORS, s))
     ]
-    styles = {"pause": ("v", "black"), "resume": ("^", "black"), "error": ("x", "red")}
+    styles = {
+        "pause": ("v", "black"),
+        "resume": ("^", "black"),
+        "error": ("x", "red"),
+        "conditions": ("|", CONDITIONS_COLOR),
+    }
     for label, (marker, color) in styles.items():
         if marked[label]:
             handles.append(

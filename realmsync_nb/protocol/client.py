@@ -1,7 +1,8 @@
 """The client side of one sync connection, as a state machine without I/O.
 
 It checks what the server sends: a DOWNLOAD may not move a cursor backwards, may
-not acknowledge a client version never sent, and a MARK must answer a request.
+not acknowledge a client version never sent, and a MARK or a TEST_COMMAND reply
+must answer a request.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .messages import (
     Ping,
     Pong,
     TableSchema,
+    TestCommand,
     Upload,
     UploadChangeset,
     decode,
@@ -44,6 +46,7 @@ TRANSITIONS: dict[tuple[ClientConnectionState, type], ClientConnectionState] = {
     (C.ACTIVE, Mark): C.ACTIVE,
     (C.ACTIVE, Pong): C.ACTIVE,
     (C.ACTIVE, Error): C.CLOSED,
+    (C.ACTIVE, TestCommand): C.ACTIVE,  # a reply; commands are only sent once bound
 }
 
 
@@ -60,6 +63,7 @@ class ClientProtocol:
         # in the local history, so an ack up to the latest local version is valid.
         self.highest_sent = max(upload_cursor, latest_client_version)
         self.pending_marks: set[int] = set()
+        self.pending_test_commands: set[int] = set()
 
     def bind(self, token: str, client_id: int, schema: tuple[TableSchema, ...]) -> bytes:
         return encode(
@@ -81,6 +85,11 @@ class ClientProtocol:
     def mark(self, request_id: int) -> bytes:
         self.pending_marks.add(request_id)
         return encode(Mark(request_id))
+
+    def test_command(self, request_id: int, command: str, argument: str = "") -> bytes:
+        """A TEST_COMMAND request; the server's reply echoes ``request_id``."""
+        self.pending_test_commands.add(request_id)
+        return encode(TestCommand(request_id, command, argument))
 
     def ping(self, nonce: int) -> bytes:
         return encode(Ping(nonce))
@@ -108,6 +117,13 @@ class ClientProtocol:
                         code=ErrorCode.UNEXPECTED_MESSAGE,
                     )
                 self.pending_marks.discard(msg.request_id)
+            elif isinstance(msg, TestCommand):
+                if msg.request_id not in self.pending_test_commands:
+                    raise ProtocolError(
+                        f"TEST_COMMAND reply {msg.request_id} answers no request",
+                        code=ErrorCode.UNEXPECTED_MESSAGE,
+                    )
+                self.pending_test_commands.discard(msg.request_id)
         except ProtocolError:
             self.state = C.CLOSED
             raise

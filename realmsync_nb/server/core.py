@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
@@ -47,6 +48,12 @@ from .test_commands import hold_upload, run_test_command
 __all__ = ["ServerConfig", "SyncServerCore"]
 
 logger = logging.getLogger("realmsync_nb.server")
+
+# How far ahead of the server's clock a changeset's timestamp may be (microseconds).
+# A replica that integrates a changeset moves its hybrid clock up to that timestamp,
+# so one changeset clocked in the far future would drag every replica's clock (and
+# so every later write) there, and past 2**63 their local writes would fail.
+MAX_CLOCK_AHEAD_US = 24 * 3600 * 1_000_000
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,7 @@ class ServerSession:
         self.ack_sent = -1
         self.marks: list[int] = []
         self._wake = asyncio.Event()
+        self.failed = False  # fail() was called; see there
         self._sender: asyncio.Task[None] | None = None
         # Test hooks (docs/protocol.md, TEST_COMMAND): the server side can hold back
         # downloads or leave uploads unintegrated to imitate a busy server.
@@ -191,7 +199,12 @@ class ServerSession:
         self._wake.set()
 
     def fail(self, err: Error) -> None:
-        """Send ``err`` and close, from outside the session's own tasks."""
+        """Send ``err`` and close, from outside the session's own tasks.
+
+        From here on nothing more the client sent is applied: bytes still in flight
+        (an UPLOAD from a user deleted a moment ago) must not land after the verdict.
+        """
+        self.failed = True
         asyncio.get_running_loop().create_task(self._send_error_and_close(err))
 
     async def _send_error_and_close(self, err: Error) -> None:
@@ -231,10 +244,16 @@ class ServerSession:
                     pass
 
     async def _dispatch(self, msg: Message) -> None:
+        if self.failed:
+            return
         if isinstance(msg, Upload) and self.uploads_paused:
             hold_upload(self, msg)
         elif isinstance(msg, Upload):
             self._integrate(msg)
+            # Let the sender acknowledge this upload before the next one is read:
+            # otherwise a client streaming many UPLOADs hears nothing until the last,
+            # and its progress jumps from 0 to 100 %.
+            await asyncio.sleep(0)
         elif isinstance(msg, Mark):
             self.marks.append(msg.request_id)
             self.wake()
@@ -302,6 +321,7 @@ class ServerSession:
         # message, and nothing from it is persisted.
         schema = self.storage.schema()
         batch: list[tuple[int, Changeset, bytes]] = []
+        latest_ts = time.time_ns() // 1000 + MAX_CLOCK_AHEAD_US
         for u in msg.changesets:
             if u.client_version >= 1 << 63:  # stored as SQLite INTEGER
                 raise ProtocolError(
@@ -321,6 +341,13 @@ class ServerSession:
                 raise ProtocolError(
                     f"changeset {u.client_version} claims origin {cs.origin}, but this "
                     f"session's client is {self.client_id}",
+                    code=ErrorCode.BAD_CHANGESET,
+                )
+            if cs.ts > latest_ts:
+                raise ProtocolError(
+                    f"changeset {u.client_version} is clocked "
+                    f"{(cs.ts - latest_ts) / 1e6 + MAX_CLOCK_AHEAD_US / 1e6:.0f} s ahead of the "
+                    f"server (at most {MAX_CLOCK_AHEAD_US // 1_000_000} s); set the device's clock",
                     code=ErrorCode.BAD_CHANGESET,
                 )
             problem = validate_changeset(cs, schema)

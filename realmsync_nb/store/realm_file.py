@@ -337,17 +337,20 @@ class LocalTransaction:
         file.write_lock.acquire()
         try:
             file.conn.execute("BEGIN IMMEDIATE")
+            self.clock = (file.next_clock(), file.client_id)
+            self._new_tail = (clock_to_sql(self.clock), None, None, 1)
         except BaseException:
+            # Whatever fails here, the locks go back: a leaked one hangs every later write.
+            if file.conn.in_transaction:
+                file.conn.execute("ROLLBACK")
             file.write_lock.release()
             file.lock.release()
             raise
-        self.clock = (file.next_clock(), file.client_id)
         # key -> (the object's state before this transaction or None, net instruction)
         self._touched: dict[tuple[str, object], tuple[ObjectState | None, Instruction]] = {}
         # States read for an existence check, kept so _record need not read them again.
         self._read: dict[tuple[str, object], ObjectState | None] = {}
         self.done = False
-        self._new_tail = (clock_to_sql(self.clock), None, None, 1)
         self.body_size = 0  # bytes of the committed changeset(s)
         self.parts: list[tuple[int, int]] = []  # (client version, bytes) per changeset
         self._last_ts = 0

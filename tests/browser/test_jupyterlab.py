@@ -204,11 +204,34 @@ def test_quickstart_widgets_live_in_jupyterlab(lab: Lab, tmp_path: Path) -> None
                 count = run_in_kernel(client, "print(len(laptop.all(Task)))")
                 assert count == "500", f"the quickstart's write did not sync: {count}"
 
+                # Make upload work the bars must show: while paused, new commits are
+                # outstanding (the phone's upload bar drops); after resume it fills.
+                page.evaluate("() => { window.__barWidths = []; }")
+                run_in_kernel(
+                    client,
+                    "phone.sync_session.pause()\n"
+                    "with phone.write():\n"
+                    "    for i in range(200):\n"
+                    "        phone.add(Task(id=f'more-{i}', title='x' * 50))",
+                )
+                page.wait_for_function(
+                    "() => window.__barWidths.some(w => w !== '100%')", timeout=T(10) * 1000
+                )
+                run_in_kernel(
+                    client,
+                    "phone.sync_session.resume()\n"
+                    "phone.sync_session.wait_for_upload().result(30)\n"
+                    "laptop.sync_session.wait_for_download().result(30)",
+                )
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('.progress-bar')]"
+                    ".every(b => b.style.width === '100%')",
+                    timeout=T(10) * 1000,
+                )
                 widths = page.evaluate("() => window.__barWidths")
-                assert any(w not in ("100%", "0%") for w in widths) or (
-                    "0%" in widths and "100%" in widths
-                ), f"progress bars never moved: {widths}"
-                assert widths[-1] == "100%", f"bars did not end complete: {widths[-12:]}"
+                assert widths and widths[-1] == "100%", f"bars did not end complete: {widths}"
+                assert any(w != "100%" for w in widths), f"progress bars never moved: {widths}"
+                assert run_in_kernel(client, "print(len(laptop.all(Task)))") == "700"
 
                 toggles = page.locator(".widget-toggle-button")
                 assert toggles.count() >= 2, "one pause toggle per session was expected"

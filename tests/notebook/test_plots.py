@@ -105,6 +105,23 @@ def test_connection_timeline_marks_pauses_resumes_and_errors(log: EventLog) -> N
     }
 
 
+def test_network_condition_changes_are_marked_on_timeline_and_progress(log: EventLog) -> None:
+    log.record(SyncEvent(at(1.0), "device-B", EventKind.CONDITIONS, message="latency up"))
+    log.record(SyncEvent(at(1.2), "device-B", EventKind.CONDITIONS, message="blackhole on"))
+    ax = plot_connection_timeline(log)
+    marks = [ln for ln in ax.get_lines() if ln.get_label() == "_conditions"]
+    assert len(marks) == 1  # device-B's lane only
+    assert list(marks[0].get_xdata()) == pytest.approx([1.0, 1.2])
+    assert list(marks[0].get_ydata()) == [1, 1]
+    legend = ax.get_legend()
+    assert legend is not None
+    assert "conditions" in {t.get_text() for t in legend.get_texts()}
+    ax = plot_progress(log)
+    vlines = [ln for ln in ax.get_lines() if "conditions" in str(ln.get_label())]
+    assert [float(ln.get_xdata()[0]) for ln in vlines] == pytest.approx([1.0, 1.2])
+    assert labelled_lines(ax)[-1] == "conditions changed"  # one legend entry for all
+
+
 def test_timeline_falls_back_to_state_events_for_pauses() -> None:
     log = EventLog()
     log.record(
