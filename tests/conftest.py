@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import realmsync_nb as rs
-from tests.helpers import Note, Task
+from tests.helpers import Note, T, Task
+from tests.processes import REPO, Spawn
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -23,8 +27,16 @@ FAST = rs.SyncTimeoutOptions(
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[rs.SyncServer]:
-    srv = rs.SyncServer(data_dir=str(tmp_path / "server"), scrypt_n=2**10).start()
+def server_config() -> dict[str, Any]:
+    """Extra ``ServerConfig`` fields for ``server``; a test module overrides this fixture
+    (for example to return ``{"enable_test_commands": True}``)."""
+    return {}
+
+
+@pytest.fixture
+def server(tmp_path: Path, server_config: dict[str, Any]) -> Iterator[rs.SyncServer]:
+    srv = rs.SyncServer(data_dir=str(tmp_path / "server"), scrypt_n=2**10, **server_config)
+    srv.start()
     yield srv
     srv.stop()
 
@@ -64,3 +76,26 @@ def open_realm(app: rs.App, tmp_path: Path) -> Iterator[OpenRealm]:
     yield open_
     for r in opened:
         r.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """``spawn(*python_args, log=name)`` starts a Python subprocess in the repo (stdout
+    piped, stderr to ``tmp_path / log``); every one is killed and reaped at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn_(*args: str, log: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / log, "ab") as err:
+            proc = subprocess.Popen(
+                [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=err
+            )
+        procs.append(proc)
+        return proc
+
+    yield spawn_
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(T(10))
+        assert proc.stdout is not None
+        proc.stdout.close()

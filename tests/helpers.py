@@ -39,3 +39,13 @@ def wait_until(cond: Callable[[], bool], timeout: float = 5, what: str = "condit
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out after {T(timeout):.1f} s waiting for {what}")
+
+
+# Reliability and convergence tests run a bounded number of iterations in CI; set
+# RS_SOAK=1 for the long soak (minutes to hours), which each test sizes for itself.
+SOAK = bool(os.environ.get("RS_SOAK"))
+
+
+def soak(ci: int, long: int) -> int:
+    """``ci`` iterations normally, ``long`` under ``RS_SOAK``."""
+    return long if SOAK else ci

@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import select
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,95 +22,16 @@ import pytest
 import realmsync_nb as rs
 from tests.conftest import FAST, OpenRealm
 from tests.helpers import Note, T, Task, wait_until
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-# -- helpers -------------------------------------------------------------------------
-
-
-def server_history(data_dir: str) -> list[tuple[int, int]]:
-    """``(origin, client_version)`` of every changeset the server stored, in order."""
-    c = sqlite3.connect(os.path.join(data_dir, "server.sqlite"))
-    try:
-        return c.execute(
-            "SELECT origin, client_version FROM _history ORDER BY server_version"
-        ).fetchall()
-    finally:
-        c.close()
-
-
-def client_id(realm_path: str) -> int:
-    c = sqlite3.connect(realm_path)
-    try:
-        return int(c.execute("SELECT value FROM _meta WHERE key = 'client_id'").fetchone()[0])
-    finally:
-        c.close()
-
-
-def integrity(path: str) -> str:
-    c = sqlite3.connect(path)
-    try:
-        return str(c.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        c.close()
-
-
-def assert_exactly_once(history: list[tuple[int, int]], origin: int, commits: int) -> None:
-    assert len(set(history)) == len(history), "a changeset was stored twice"
-    versions = [cv for o, cv in history if o == origin]
-    assert versions == list(range(1, commits + 1)), (
-        f"expected client versions 1..{commits} once each, got {len(versions)}: "
-        f"missing {sorted(set(range(1, commits + 1)) - set(versions))[:10]}"
-    )
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    """The next line ``proc`` prints, failing the test after ``timeout`` seconds."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"no line from pid {proc.pid} within {timeout:.0f} s: {buf!r}")
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            raise AssertionError(f"pid {proc.pid} exited ({proc.wait()}) before a line: {buf!r}")
-        buf += chunk
-    return buf.decode()
-
-
-Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """Start a Python subprocess in the repo; every one is killed and reaped at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn_(*args: str, log: str) -> subprocess.Popen[bytes]:
-        with open(tmp_path / log, "ab") as err:
-            proc = subprocess.Popen(
-                [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=err
-            )
-        procs.append(proc)
-        return proc
-
-    yield spawn_
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(T(10))
-        assert proc.stdout is not None
-        proc.stdout.close()
-
-
-def kill9(proc: subprocess.Popen[bytes]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(T(10)) == -signal.SIGKILL
-
+from tests.processes import (
+    Spawn,
+    assert_exactly_once,
+    client_id,
+    integrity,
+    kill9,
+    read_line,
+    server_history,
+    start_cli,
+)
 
 # -- the embedded server stops mid-upload ------------------------------------------------
 
@@ -237,28 +153,6 @@ def test_a_client_killed_after_commit_uploads_every_commit_once_when_reopened(
 
 
 # -- the CLI server process is killed and restarted -------------------------------------
-
-_LISTENING = re.compile(r"realmsync-server listening on (ws://127\.0\.0\.1:(\d+))")
-
-
-def start_cli(
-    spawn: Spawn, data_dir: Path, port: int, log: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    proc = spawn(
-        "-m",
-        "realmsync_nb.server.cli",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-        "--log-level",
-        "WARNING",
-        log=log,
-    )
-    line = read_line(proc, T(30))
-    m = _LISTENING.fullmatch(line.strip())
-    assert m is not None, line
-    return proc, m.group(1)
 
 
 def test_the_cli_server_restarts_with_its_users_tokens_and_data(
