@@ -1,0 +1,278 @@
+"""The plan of runs, and running it: engines alternate within every repeat.
+
+For each case (a scenario at one size) and each repeat, every engine runs once,
+in turn (ours, peer over Hypercorn, peer over websockets), each with a fresh
+server process and a fresh client process. Interleaving spreads slow drifts of
+the machine (other processes, thermal state) over all engines alike, so the
+ratios taken from one invocation compare like with like.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .procs import ClientProcess, ServerProcess, frozen_engine
+
+__all__ = ["PEERS", "Case", "plan", "run_plan"]
+
+OURS = "ours"
+PEERS = ("peer-hypercorn", "peer-websockets")
+ALL = (OURS, *PEERS)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scenario at one size, run ``repeats`` times per engine."""
+
+    scenario: int  # 1..6, as in the issue
+    kind: str  # the client's scenario name (benchmarks/client.py)
+    n: int
+    engines: tuple[str, ...] = ALL
+    repeats: int = 3
+    timeout: float = 120.0  # convergence timeout inside the client
+    stall: float = 10.0  # non-converged after this long without progress
+    variant: str = ""  # scenario 6: "none" or "observed"
+    note: str = ""
+
+
+def plan(quick: bool, repeats: int | None = None) -> list[Case]:
+    """The cases of a full run, or of ``--quick`` (small sizes, one repeat)."""
+    if quick:
+        r = repeats or 1
+        return [
+            Case(1, "each", 1_000, repeats=r, timeout=30, stall=5),
+            Case(2, "one_txn", 1_000, repeats=r, timeout=30, stall=5),
+            Case(3, "latency", 50, repeats=r, timeout=30, stall=5),
+            Case(4, "catch_up", 1_000, repeats=r, timeout=30, stall=5),
+            Case(5, "idle", 20, repeats=r, timeout=30, stall=5),
+            Case(6, "each", 1_000, (OURS,), repeats=r, timeout=30, stall=5, variant="none"),
+            Case(6, "observed", 1_000, (OURS,), repeats=r, timeout=30, stall=5, variant="observed"),
+        ]
+    r = repeats or 3
+    # The 100k and 1M cases take minutes each; fewer repeats keep a full run near
+    # 15 minutes on a 2-core machine.
+    big = min(r, 2)
+    return [
+        Case(1, "each", 1_000, repeats=r),
+        Case(1, "each", 10_000, repeats=r),
+        Case(1, "each", 100_000, repeats=1, timeout=240),
+        Case(2, "one_txn", 10_000, repeats=r),
+        Case(2, "one_txn", 100_000, repeats=r, timeout=180),
+        # One update message carries all 1M records: nothing arrives until it all does,
+        # so the stall limit must cover the whole transfer.
+        Case(2, "one_txn", 1_000_000, repeats=1, timeout=300, stall=90),
+        Case(3, "latency", 500, repeats=r),
+        Case(4, "catch_up", 100_000, repeats=big, timeout=240),
+        Case(5, "idle", 1_000, repeats=1, timeout=180),
+        Case(6, "each", 10_000, (OURS,), repeats=r, variant="none"),
+        Case(6, "observed", 10_000, (OURS,), repeats=r, variant="observed"),
+    ]
+
+
+def _interleaved(cases: list[Case]) -> Iterator[tuple[Case, int, str]]:
+    """(case, repeat, engine) in run order: engines alternate within each repeat.
+
+    Scenario 6's two variants are two cases of one comparison; they alternate too.
+    """
+    i = 0
+    while i < len(cases):
+        group = [cases[i]]
+        while (
+            i + len(group) < len(cases)
+            and cases[i + len(group)].scenario == cases[i].scenario
+            and cases[i].variant
+            and cases[i + len(group)].n == cases[i].n
+        ):
+            group.append(cases[i + len(group)])
+        for repeat in range(max(c.repeats for c in group)):
+            for case in group:
+                if repeat < case.repeats:
+                    for engine in case.engines:
+                        yield case, repeat, engine
+        i += len(group)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("realmsync_nb", "pycrdt", "pycrdt-websocket", "hypercorn", "httpx-ws"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    try:
+        out["websockets"] = metadata.version("websockets")
+    except metadata.PackageNotFoundError:
+        pass
+    return out
+
+
+def _git_commit() -> str:
+    head = Path(__file__).resolve().parent.parent / ".git"
+    try:
+        ref = (head / "HEAD").read_text().strip()
+        if ref.startswith("ref: "):
+            return (head / ref[5:]).read_text().strip()[:12]
+        return ref[:12]
+    except OSError:
+        return "unknown"
+
+
+def run_one(case: Case, engine: str) -> dict[str, Any]:
+    """One run: a fresh server, one client process, both processes' memory."""
+    load_before = os.getloadavg()[0]
+    wall = time.perf_counter()
+    record: dict[str, Any] = {}
+    server = ServerProcess(engine)
+    client: ClientProcess | None = None
+    try:
+        server.start()
+        options: dict[str, float] = {"timeout": case.timeout, "stall": case.stall}
+        if case.kind == "idle":
+            baseline = server.memory().get("rss_mib")
+            client = ClientProcess(engine, case.kind, server.url, case.n, **options)
+            ready = client.ready(case.timeout + 60)
+            loaded = server.memory()
+            client.release()
+            record = client.result(60)
+            if ready is None:
+                record.setdefault("error", "the idle sessions never reported READY")
+                record["converged"] = False
+            else:
+                record["server_idle_rss_mib"] = loaded.get("rss_mib")
+                record["server_base_rss_mib"] = baseline
+                if baseline is not None and loaded.get("rss_mib") is not None:
+                    record["server_kib_per_session"] = round(
+                        (loaded["rss_mib"] - baseline) * 1024 / max(1, case.n), 1
+                    )
+                record["client_idle_rss_mib"] = ready.get("client_rss_mib")
+        else:
+            client = ClientProcess(engine, case.kind, server.url, case.n, **options)
+            record = client.result(case.timeout + 120)
+        memory = server.memory()
+        record["server_peak_rss_mib"] = memory.get("peak_rss_mib")
+        if "error" in record:
+            record["server_log"] = server.log_tail(800)
+    except Exception as exc:  # the harness records a broken run and goes on
+        record = {"converged": False, "error": f"harness: {type(exc).__name__}: {exc}"}
+    finally:
+        if client is not None:
+            client.kill()  # already gone after a result; not when interrupted
+        server.stop()
+    record["run_wall_seconds"] = round(time.perf_counter() - wall, 2)
+    record["load_before"] = round(load_before, 2)
+    record["load_after"] = round(os.getloadavg()[0], 2)
+    return record
+
+
+@dataclass
+class Progress:
+    """Prints one line per run, so a long run shows where it is."""
+
+    total: int
+    done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    out: Callable[[str], None] = print
+
+    def step(self, rec: dict[str, Any]) -> None:
+        self.done += 1
+        what = f"s{rec['scenario']} {rec['kind']}{'/' + rec['variant'] if rec['variant'] else ''}"
+        value = _headline(rec)
+        flag = "" if rec.get("converged") else "  NOT CONVERGED"
+        err = f"  error: {rec['error'][:120]}" if rec.get("error") else ""
+        self.out(
+            f"[{self.done}/{self.total} {time.perf_counter() - self.started:6.0f}s] "
+            f"{what} n={rec['n']:,} {rec['engine']}: {value}{flag}{err}"
+        )
+
+
+def _headline(rec: dict[str, Any]) -> str:
+    if rec.get("p50_ms") is not None:
+        return f"p50 {rec['p50_ms']:.2f} ms, p99 {rec['p99_ms']:.2f} ms"
+    if rec.get("server_idle_rss_mib") is not None:
+        return f"server RSS {rec['server_idle_rss_mib']} MiB with {rec['n']} idle sessions"
+    if rec.get("seconds"):
+        return f"{rec['seconds']:.3f} s ({rec['n'] / rec['seconds']:,.0f}/s)"
+    return "-"
+
+
+def run_plan(
+    cases: list[Case], jsonl: Path, *, quick: bool, out: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Run every case, appending one JSON line per run to ``jsonl`` as it finishes."""
+    with frozen_engine() as code_hash:
+        return _run_plan(cases, jsonl, quick=quick, out=out, code_hash=code_hash)
+
+
+def _git_dirty() -> bool | None:
+    try:
+        proc = subprocess.run(
+            ["git", "status", "--porcelain", "--", "realmsync_nb"],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def _run_plan(
+    cases: list[Case],
+    jsonl: Path,
+    *,
+    quick: bool,
+    out: Callable[[str], None],
+    code_hash: str,
+) -> list[dict[str, Any]]:
+    runs = list(_interleaved(cases))
+    meta = {
+        "type": "meta",
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if quick else "full",
+        "commit": _git_commit(),
+        "engine_uncommitted_changes": _git_dirty(),
+        "engine_code_hash": code_hash,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "versions": _versions(),
+        "argv": sys.argv[1:],
+    }
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    progress = Progress(len(runs), out=out)
+    with jsonl.open("w") as f:
+        f.write(json.dumps(meta) + "\n")
+        f.flush()
+        for case, repeat, engine in runs:
+            result = run_one(case, engine)
+            rec = {
+                "type": "run",
+                "scenario": case.scenario,
+                "kind": case.kind,
+                "variant": case.variant,
+                "n": case.n,
+                "engine": engine,
+                "repeat": repeat,
+                **result,
+            }
+            if rec.get("seconds") and case.kind in ("each", "one_txn", "observed"):
+                rec["records_per_s"] = round(case.n / rec["seconds"], 1)
+            records.append(rec)
+            f.write(json.dumps(rec, default=str) + "\n")
+            f.flush()
+            progress.step(rec)
+    meta["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return [meta, *records]

@@ -1,0 +1,337 @@
+"""Our engine's side of every scenario, run inside the client process.
+
+Clients A and B are two realms (two files, two sessions, two WebSocket
+connections) of one App, so they share its sync thread, as the peer's two
+providers share one asyncio loop. A writes on the calling thread.
+
+How B's arrival is learned (scenarios 1, 2, 3, 6): a listener on B's
+``session.events`` timestamps every DOWNLOAD_INTEGRATED event. That event is
+emitted on the sync thread right after the SQLite transaction that integrated a
+DOWNLOAD has committed, so it is B's own notification that data is in its file.
+Each time events arrive, the waiting thread reads B's object count once; when it
+reaches N, the time of the run is the timestamp of the event that completed it
+(see :meth:`Arrivals.wait_rows`), minus the time just before A's first write.
+Counting rows rather than changesets keeps this right however the engine splits
+or merges transactions into changesets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import realmsync_nb as rs
+
+from .workload import CATCH_UP_BATCH, READY_PREFIX, emit, peak_rss_mib, percentile, record
+
+__all__ = ["Rec", "run"]
+
+
+class Rec(rs.Model):
+    """The ~100-byte, six-field benchmark record."""
+
+    id: int = rs.primary_key()
+    a: str = ""
+    b: str = ""
+    c: int = 0
+    d: float = 0.0
+    e: bool = False
+
+
+class Arrivals:
+    """B's DOWNLOAD_INTEGRATED events, each with the moment the listener saw it."""
+
+    def __init__(self, session: rs.Session) -> None:
+        self.stamps: list[float] = []  # perf_counter of each event, in order
+        self._cond = threading.Condition()
+        self._sub = session.events.listen(self._on_event)
+
+    def _on_event(self, event: rs.SyncEvent) -> None:
+        if event.kind is not rs.EventKind.DOWNLOAD_INTEGRATED:
+            return
+        stamp = time.perf_counter()
+        with self._cond:
+            self.stamps.append(stamp)
+            self._cond.notify_all()
+
+    @property
+    def events(self) -> int:
+        return len(self.stamps)
+
+    def wait_rows(
+        self, realm: rs.Realm, n: int, timeout: float, stall: float, after: int | None = None
+    ) -> tuple[bool, float]:
+        """Until B's realm holds ``n`` records; (arrived, time of the completing event).
+
+        B's count is read once per wake-up (after one or more events), never in a
+        spin. The completing event is the one emitted right after the commit that
+        made the count reach n: either the last one seen before the count, or the
+        next one, which the sync thread emits a moment after that commit. With
+        ``after`` (one write in flight, whose data can only come in events after
+        the first ``after``), it is the first event after those. False on
+        ``timeout``, or after ``stall`` seconds without any event.
+        """
+        deadline = time.perf_counter() + timeout
+        last_change = time.perf_counter()
+        while True:
+            with self._cond:
+                before = len(self.stamps)
+            if len(realm.all(Rec)) >= n:
+                with self._cond:
+                    if after is not None:
+                        self._cond.wait_for(lambda: len(self.stamps) > after, stall)
+                        done = len(self.stamps) > after
+                        return True, self.stamps[after] if done else time.perf_counter()
+                    grace = 0.05 if before else stall  # no event seen yet: one must come
+                    self._cond.wait_for(lambda b=before: len(self.stamps) > b, grace)
+                    if len(self.stamps) > before:
+                        return True, self.stamps[before]
+                    return True, self.stamps[before - 1] if before else time.perf_counter()
+            with self._cond:
+                now = time.perf_counter()
+                if len(self.stamps) == before:
+                    wait = min(deadline - now, stall - (now - last_change), 1.0)
+                    if wait <= 0:
+                        return False, now
+                    self._cond.wait(wait)
+                if len(self.stamps) != before:
+                    last_change = time.perf_counter()
+
+    def close(self) -> None:
+        self._sub.cancel()
+
+
+class _ErrorLog:
+    """The first few distinct errors A's and B's sessions report (from ``session.errors``)."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.seen: list[str] = []
+        self._subs = [
+            r.sync_session.errors.listen(lambda e, name=name: self._add(f"{name}: {e}"))
+            for name, r in (("A", pair.a), ("B", pair.b))
+        ]
+
+    def _add(self, text: str) -> None:
+        if text not in self.seen and len(self.seen) < 5:
+            self.seen.append(text[:300])
+
+    def close(self) -> dict[str, Any]:
+        for sub in self._subs:
+            sub.cancel()
+        return {"session_errors": self.seen} if self.seen else {}
+
+
+class Pair:
+    """One App with two realms, A and B, in ``workdir``."""
+
+    def __init__(self, url: str, workdir: str, timeout: float) -> None:
+        self.app = rs.App(url)
+        user = self.app.log_in(rs.Credentials.anonymous()).result(timeout)
+        self.a = self._open(user, workdir, "A")
+        self.b = self._open(user, workdir, "B")
+        for realm in (self.a, self.b):  # both bound before anything is timed
+            realm.sync_session.wait_for_download().result(timeout)
+
+    @staticmethod
+    def _open(user: rs.User, workdir: str, name: str) -> rs.Realm:
+        path = os.path.join(workdir, f"{name}.realm")
+        return rs.Realm(rs.Configuration.flexible_sync(user, [Rec], path=path, name=name))
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def _write_each(realm: rs.Realm, start: int, n: int) -> None:
+    for i in range(start, start + n):
+        with realm.write():
+            realm.add(Rec(**record(i)))
+
+
+def _write_one_txn(realm: rs.Realm, start: int, n: int) -> None:
+    with realm.write():
+        for i in range(start, start + n):
+            realm.add(Rec(**record(i)))
+
+
+def _write_batches(realm: rs.Realm, n: int, batch: int) -> None:
+    for start in range(0, n, batch):
+        _write_one_txn(realm, start, min(batch, n - start))
+
+
+def throughput(
+    pair: Pair, n: int, *, one_txn: bool, timeout: float, stall: float, observe: bool = False
+) -> dict[str, Any]:
+    """Scenarios 1, 2 and 6: A writes n records; time until B's events report them all."""
+    observers: list[Any] = []
+    if observe:
+        from realmsync_nb.notebook import EventLog, SessionWidget
+
+        sessions = [pair.a.sync_session, pair.b.sync_session]
+        observers = [SessionWidget(s) for s in sessions]
+        observers.append(EventLog(sessions))
+    arrivals = Arrivals(pair.b.sync_session)
+    errors = _ErrorLog(pair)
+    t0 = time.perf_counter()
+    (_write_one_txn if one_txn else _write_each)(pair.a, 0, n)
+    written = time.perf_counter() - t0
+    arrived, end = arrivals.wait_rows(pair.b, n, timeout, stall)
+    received = len(pair.b.all(Rec))
+    arrivals.close()
+    result: dict[str, Any] = {
+        "converged": arrived and received == n,
+        "received": received,
+        "seconds": end - t0,
+        "write_seconds": written,
+        "download_events": arrivals.events,
+        **errors.close(),
+    }
+    if observe:
+        log = observers[-1]
+        result["observed_events"] = len(log.to_dataframe())
+        for o in observers:
+            o.close()
+    return result
+
+
+def latency(pair: Pair, n: int, *, timeout: float, stall: float) -> dict[str, Any]:
+    """Scenario 3: n sequential single writes; A's commit start → B's event, each."""
+    arrivals = Arrivals(pair.b.sync_session)
+    samples: list[float] = []
+    converged = True
+    for i in range(n):
+        seen = arrivals.events
+        t0 = time.perf_counter()
+        with pair.a.write():
+            pair.a.add(Rec(**record(i)))
+        arrived, end = arrivals.wait_rows(pair.b, i + 1, timeout, stall, after=seen)
+        if not arrived:
+            converged = False
+            break
+        samples.append(end - t0)
+    received = len(pair.b.all(Rec))
+    arrivals.close()
+    ms = [s * 1000 for s in samples]
+    return {
+        "converged": converged and received == n,
+        "received": received,
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": sum(ms) / len(ms) if ms else float("nan"),
+        "seconds": sum(samples),
+    }
+
+
+def catch_up(pair: Pair, n: int, *, timeout: float) -> dict[str, Any]:
+    """Scenario 4: B paused while A writes n (CATCH_UP_BATCH per transaction); B resumes.
+
+    Timed from ``resume()`` until ``wait_for_download()`` completes. Every download
+    progress value B's REPORT_INDEFINITELY stream yields meanwhile is kept.
+    """
+    b = pair.b.sync_session
+    b.pause()
+    t0 = time.perf_counter()
+    _write_batches(pair.a, n, CATCH_UP_BATCH)
+    pair.a.sync_session.wait_for_upload().result(timeout)
+    upload_seconds = time.perf_counter() - t0
+    seen: list[tuple[float, int, int, float]] = []
+    stream = b.get_progress_stream(
+        rs.ProgressDirection.DOWNLOAD, rs.ProgressMode.REPORT_INDEFINITELY
+    )
+    t0 = time.perf_counter()
+    sub = stream.listen(
+        lambda p: seen.append(
+            (
+                time.perf_counter() - t0,
+                p.transferred_bytes,
+                p.transferable_bytes,
+                p.progress_estimate,
+            )
+        )
+    )
+    b.resume()
+    converged = True
+    try:
+        b.wait_for_download().result(timeout)
+    except TimeoutError:
+        converged = False
+    seconds = time.perf_counter() - t0
+    sub.cancel()
+    received = len(pair.b.all(Rec))
+    # A dozen evenly spaced samples describe the curve; the count says how many there were.
+    step = max(1, len(seen) // 12)
+    shown = seen[::step] + ([seen[-1]] if seen and (len(seen) - 1) % step else [])
+    return {
+        "converged": converged and received == n,
+        "received": received,
+        "seconds": seconds,
+        "writer_seconds": upload_seconds,
+        "progress_events": len(seen),
+        "progress_samples": [
+            {"t": round(t, 4), "transferred": d, "transferable": tot, "estimate": round(e, 4)}
+            for t, d, tot, e in shown
+        ],
+    }
+
+
+def idle_sessions(url: str, workdir: str, n: int, *, timeout: float) -> dict[str, Any]:
+    """Scenario 5b: open n realms (one App, one user), each connected, then idle.
+
+    Prints a READY line once every session has completed a download round trip,
+    then waits for a line on stdin (the harness measures the server meanwhile).
+    """
+    t0 = time.perf_counter()
+    app = rs.App(url)
+    try:
+        user = app.log_in(rs.Credentials.anonymous()).result(timeout)
+        realms = []
+        for i in range(n):
+            path = os.path.join(workdir, f"idle-{i}.realm")
+            realms.append(
+                rs.Realm(rs.Configuration.flexible_sync(user, [Rec], path=path, name=f"idle{i}"))
+            )
+        futures = [r.sync_session.wait_for_download() for r in realms]
+        deadline = time.perf_counter() + timeout
+        connected = 0
+        for fut in futures:
+            try:
+                fut.result(max(0.1, deadline - time.perf_counter()))
+                connected += 1
+            except TimeoutError:
+                pass
+        opened = time.perf_counter() - t0
+        emit(READY_PREFIX, {"connected": connected, "client_rss_mib": peak_rss_mib()})
+        sys.stdin.readline()
+        still = sum(r.sync_session.connection_state is rs.ConnectionState.CONNECTED for r in realms)
+        return {
+            "converged": connected == n and still == n,
+            "received": connected,
+            "seconds": opened,
+        }
+    finally:
+        app.close()
+
+
+def run(
+    scenario: str, url: str, workdir: str, n: int, timeout: float, stall: float
+) -> dict[str, Any]:
+    """Run one scenario of ours; returns its result fields."""
+    if scenario == "idle":
+        return idle_sessions(url, workdir, n, timeout=timeout)
+    pair = Pair(url, workdir, timeout)
+    try:
+        if scenario == "each":
+            return throughput(pair, n, one_txn=False, timeout=timeout, stall=stall)
+        if scenario == "one_txn":
+            return throughput(pair, n, one_txn=True, timeout=timeout, stall=stall)
+        if scenario == "observed":
+            return throughput(pair, n, one_txn=False, timeout=timeout, stall=stall, observe=True)
+        if scenario == "latency":
+            return latency(pair, n, timeout=timeout, stall=stall)
+        if scenario == "catch_up":
+            return catch_up(pair, n, timeout=timeout)
+        raise ValueError(f"unknown scenario {scenario!r}")
+    finally:
+        pair.close()

@@ -1,0 +1,358 @@
+"""The markdown report: one table per scenario, and where each target stands.
+
+Cells read ``median (min–max)`` over the converged runs of that engine and size;
+``k/n`` counts converged runs. Ratios compare medians with the *best* peer
+transport at that size (the one with the best median among its converged runs),
+written so that above 1 means ours is better: throughput ours ÷ peer, times and
+latencies peer ÷ ours.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .harness import OURS, PEERS
+
+__all__ = ["render"]
+
+LABEL = {
+    OURS: "ours",
+    "peer-hypercorn": "peer (Hypercorn + httpx-ws)",
+    "peer-websockets": "peer (websockets)",
+}
+SHORT = {OURS: "ours", "peer-hypercorn": "peer/hc", "peer-websockets": "peer/ws"}
+
+Runs = list[dict[str, Any]]
+
+
+def _group(records: Iterable[dict[str, Any]]) -> dict[tuple[int, str, int, str], Runs]:
+    out: dict[tuple[int, str, int, str], Runs] = defaultdict(list)
+    for r in records:
+        if r.get("type") == "run":
+            out[(r["scenario"], r["variant"], r["n"], r["engine"])].append(r)
+    return out
+
+
+def _values(runs: Runs, key: str | Callable[[dict[str, Any]], Any]) -> list[float]:
+    get = key if callable(key) else (lambda r: r.get(key))
+    out = []
+    for r in runs:
+        if not r.get("converged"):
+            continue
+        v = get(r)
+        if isinstance(v, int | float) and not math.isnan(v):
+            out.append(float(v))
+    return out
+
+
+def _fmt(v: float, digits: int) -> str:
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def _cell(runs: Runs, key: str | Callable[[dict[str, Any]], Any], digits: int = 0) -> str:
+    if not runs:
+        return "not run"
+    vals = _values(runs, key)
+    conv = sum(1 for r in runs if r.get("converged"))
+    tag = "" if conv == len(runs) else f" ({conv}/{len(runs)} converged)"
+    if not vals:
+        err = next((r.get("error") for r in runs if r.get("error")), None)
+        return "did not converge" + (f": {err[:60]}" if err else "") + tag
+    med = statistics.median(vals)
+    if len(vals) == 1:
+        return _fmt(med, digits) + tag
+    return f"{_fmt(med, digits)} ({_fmt(min(vals), digits)}–{_fmt(max(vals), digits)}){tag}"
+
+
+def _median(runs: Runs, key: str | Callable[[dict[str, Any]], Any]) -> float | None:
+    vals = _values(runs, key)
+    return statistics.median(vals) if vals else None
+
+
+def _best_peer(
+    g: dict[tuple[int, str, int, str], Runs],
+    scenario: int,
+    n: int,
+    key: str | Callable[[dict[str, Any]], Any],
+    higher_better: bool,
+) -> tuple[str | None, float | None]:
+    best: tuple[str | None, float | None] = (None, None)
+    for peer in PEERS:
+        m = _median(g.get((scenario, "", n, peer), []), key)
+        if m is None:
+            continue
+        if best[1] is None or (m > best[1] if higher_better else m < best[1]):
+            best = (peer, m)
+    return best
+
+
+def _ratio(ours: float | None, peer: float | None, higher_better: bool) -> float | None:
+    if ours is None or peer is None or ours == 0 or peer == 0:
+        return None
+    return ours / peer if higher_better else peer / ours
+
+
+def _ratio_text(ratio: float | None, peer: str | None) -> str:
+    if ratio is None:
+        return "n/a (no converged peer run)" if peer is None else "n/a"
+    return f"{ratio:.2f}× (vs {SHORT[peer or '']})"
+
+
+def _conv(
+    g: dict[tuple[int, str, int, str], Runs], scenario: int, n: int, variant: str = ""
+) -> str:
+    parts = []
+    for e in (OURS, *PEERS):
+        runs = g.get((scenario, variant, n, e))
+        if runs:
+            parts.append(f"{sum(1 for r in runs if r.get('converged'))}/{len(runs)}")
+        else:
+            parts.append("–")
+    return " · ".join(parts)
+
+
+def _sizes(g: dict[tuple[int, str, int, str], Runs], scenario: int, variant: str = "") -> list[int]:
+    return sorted({n for (s, v, n, _) in g if s == scenario and v == variant})
+
+
+def _rate(r: dict[str, Any]) -> float | None:
+    s = r.get("seconds")
+    return r["n"] / s if s else None
+
+
+def _throughput_table(g: dict[tuple[int, str, int, str], Runs], scenario: int) -> list[str]:
+    lines = [
+        f"| N | {LABEL[OURS]} | {LABEL['peer-hypercorn']} | {LABEL['peer-websockets']} "
+        "| ours ÷ best peer | converged (ours · hc · ws) |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for n in _sizes(g, scenario):
+        cells = [_cell(g.get((scenario, "", n, e), []), _rate) for e in (OURS, *PEERS)]
+        peer, best = _best_peer(g, scenario, n, _rate, True)
+        ratio = _ratio(_median(g.get((scenario, "", n, OURS), []), _rate), best, True)
+        conv = _conv(g, scenario, n)
+        lines.append(f"| {n:,} | {' | '.join(cells)} | {_ratio_text(ratio, peer)} | {conv} |")
+    return lines
+
+
+def render(records: list[dict[str, Any]]) -> str:
+    """The whole markdown report for one invocation's records."""
+    meta = next((r for r in records if r.get("type") == "meta"), {})
+    runs = [r for r in records if r.get("type") == "run"]
+    g = _group(runs)
+    loads = [r["load_before"] for r in runs if isinstance(r.get("load_before"), int | float)]
+    v = meta.get("versions", {})
+    out = [
+        f"# Benchmark results ({meta.get('mode', '?')} run)",
+        "",
+        f"Started {meta.get('started', '?')}, finished {meta.get('finished', '?')}; "
+        f"commit {meta.get('commit', '?')}"
+        + (" plus uncommitted engine changes" if meta.get("engine_uncommitted_changes") else "")
+        + f" (realmsync_nb/ hash {meta.get('engine_code_hash', '?')}); "
+        f"{meta.get('cpus', '?')} CPUs "
+        f"({meta.get('machine', '?')}); Python {v.get('python', '?')}; "
+        f"pycrdt {v.get('pycrdt', '?')}, pycrdt-websocket {v.get('pycrdt-websocket', '?')}, "
+        f"hypercorn {v.get('hypercorn', '?')}, httpx-ws {v.get('httpx-ws', '?')}, "
+        f"websockets {v.get('websockets', '?')}. "
+        + (
+            f"1-minute load average before each run: median {statistics.median(loads):.1f}, "
+            f"max {max(loads):.1f}."
+            if loads
+            else ""
+        ),
+        "",
+        "Cells: median (min–max) over converged runs; `k/n` = converged runs. Ratios use",
+        "medians against the best peer transport at that size; above 1 means ours is better.",
+        "",
+    ]
+    if _sizes(g, 1):
+        out += [
+            "## 1. One transaction per write: records/s, A → server → B",
+            "",
+            *_throughput_table(g, 1),
+            "",
+        ]
+    if _sizes(g, 2):
+        out += [
+            "## 2. One transaction of N writes: records/s, A → server → B",
+            "",
+            *_throughput_table(g, 2),
+            "",
+        ]
+    for n in _sizes(g, 3):
+        out += [
+            f"## 3. Latency: {n} sequential single writes, A's commit → B notified (ms)",
+            "",
+            f"| | {LABEL[OURS]} | {LABEL['peer-hypercorn']} | {LABEL['peer-websockets']} "
+            "| best peer ÷ ours |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for key in ("p50_ms", "p99_ms"):
+            cells = [_cell(g.get((3, "", n, e), []), key, 3) for e in (OURS, *PEERS)]
+            peer, best = _best_peer(g, 3, n, key, False)
+            ratio = _ratio(_median(g.get((3, "", n, OURS), []), key), best, False)
+            out.append(f"| {key[:3]} | {' | '.join(cells)} | {_ratio_text(ratio, peer)} |")
+        out += [f"| converged | {_conv(g, 3, n).replace(' · ', ' | ')} | |", ""]
+    for n in _sizes(g, 4):
+        ours = g.get((4, "", n, OURS), [])
+        out += [
+            f"## 4. Catch-up: B offline while A writes {n:,}; B back → all integrated (s)",
+            "",
+            f"| | {LABEL[OURS]} | {LABEL['peer-hypercorn']} | {LABEL['peer-websockets']} "
+            "| best peer ÷ ours |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        cells = [_cell(g.get((4, "", n, e), []), "seconds", 3) for e in (OURS, *PEERS)]
+        peer, best = _best_peer(g, 4, n, "seconds", False)
+        ratio = _ratio(_median(ours, "seconds"), best, False)
+        out.append(f"| seconds | {' | '.join(cells)} | {_ratio_text(ratio, peer)} |")
+        out.append(
+            f"| download progress events | {_cell(ours, 'progress_events')} "
+            "| none (no progress API) | none (no progress API) | |"
+        )
+        out += [f"| converged | {_conv(g, 4, n).replace(' · ', ' | ')} | |", ""]
+        sample = next((r for r in ours if r.get("progress_samples")), None)
+        if sample:
+            points = ", ".join(
+                f"{p['t']:.2f} s: {100 * p['estimate']:.0f}%" for p in sample["progress_samples"]
+            )
+            out += [
+                f"Ours, download progress seen in one run (time since resume: estimate): {points}.",
+                "",
+            ]
+    out += _memory_tables(g)
+    out += _observe_table(g)
+    out += _targets(g)
+    return "\n".join(out) + "\n"
+
+
+def _memory_tables(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
+    out: list[str] = []
+    idle = _sizes(g, 5)
+    for n in idle:
+        out += [
+            f"## 5a. Server memory with {n:,} connected idle sessions",
+            "",
+            "| | server RSS before (MiB) | server RSS with the sessions (MiB) | KiB per session "
+            "| client RSS (MiB) | connected |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for e in (OURS, *PEERS):
+            runs = g.get((5, "", n, e), [])
+            if not runs:
+                continue
+            out.append(
+                f"| {LABEL[e]} | {_cell(runs, 'server_base_rss_mib', 1)} "
+                f"| {_cell(runs, 'server_idle_rss_mib', 1)} "
+                f"| {_cell(runs, 'server_kib_per_session', 1)} "
+                f"| {_cell(runs, 'client_idle_rss_mib', 1)} "
+                f"| {sum(1 for r in runs if r.get('converged'))}/{len(runs)} |"
+            )
+        out.append("")
+    rows = sorted({(s, v, n) for (s, v, n, _) in g if s in (1, 2, 4)})
+    if rows:
+        out += [
+            "## 5b. Peak RSS per process (MiB, the largest over repeats): server · client",
+            "",
+            "| scenario | N | " + " | ".join(LABEL[e] for e in (OURS, *PEERS)) + " |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for s, v, n in rows:
+            cells = []
+            for e in (OURS, *PEERS):
+                runs = g.get((s, v, n, e), [])
+                srv = [r["server_peak_rss_mib"] for r in runs if r.get("server_peak_rss_mib")]
+                cli = [r["client_peak_rss_mib"] for r in runs if r.get("client_peak_rss_mib")]
+                cells.append(f"{max(srv):,.0f} · {max(cli):,.0f}" if srv and cli else "–")
+            out.append(f"| {s} | {n:,} | {' | '.join(cells)} |")
+        out.append("")
+    return out
+
+
+def _observe_table(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
+    sizes = sorted(set(_sizes(g, 6, "none")) & set(_sizes(g, 6, "observed")))
+    out: list[str] = []
+    for n in sizes:
+        none = g.get((6, "none", n, OURS), [])
+        seen = g.get((6, "observed", n, OURS), [])
+        a, b = _median(none, _rate), _median(seen, _rate)
+        cost = f"{100 * (1 - b / a):.1f}%" if a and b else "n/a"
+        out += [
+            f"## 6. The cost of observing: scenario 1 at {n:,}, ours (records/s)",
+            "",
+            "| nothing attached | SessionWidget ×2 + EventLog | throughput lost |",
+            "|---:|---:|---:|",
+            f"| {_cell(none, _rate)} | {_cell(seen, _rate)} | {cost} |",
+            "",
+        ]
+    return out
+
+
+def _targets(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
+    lines = ["## Targets (issue 5)", "", "| target | measured | status |", "|---|---|---|"]
+
+    def status(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+    def ratio_at(s: int, n: int, key: Any, hb: bool) -> tuple[float | None, str | None]:
+        peer, best = _best_peer(g, s, n, key, hb)
+        return _ratio(_median(g.get((s, "", n, OURS), []), key), best, hb), peer
+
+    if (1, "", 100_000, OURS) in g:
+        r, peer = ratio_at(1, 100_000, _rate, True)
+        all_conv = all(
+            r_.get("converged")
+            for (s, _, _, e), rs in g.items()
+            if s == 1 and e == OURS
+            for r_ in rs
+        )
+        ok = None if r is None else (r >= 3 and all_conv)
+        lines.append(
+            f"| S1 at 100k ≥ 3× the best peer, 100% converged at every N | "
+            f"{_ratio_text(r, peer)}; ours converged at every N: {all_conv} | {status(ok)} |"
+        )
+    if (2, "", 100_000, OURS) in g:
+        r, peer = ratio_at(2, 100_000, _rate, True)
+        lines.append(
+            f"| S2 at 100k ≥ 2× the peer | {_ratio_text(r, peer)} | "
+            f"{status(None if r is None else r >= 2)} |"
+        )
+    big = g.get((2, "", 1_000_000, OURS))
+    if big:
+        conv = all(r.get("converged") for r in big)
+        peak = max(
+            (
+                max(r.get("server_peak_rss_mib") or 0, r.get("client_peak_rss_mib") or 0)
+                for r in big
+            ),
+            default=0,
+        )
+        lines.append(
+            f"| S2 at 1M completes, peak RSS < 300 MiB per process | converged: {conv}; "
+            f"largest peak RSS {peak:,.0f} MiB | {status(conv and peak < 300)} |"
+        )
+    for n in _sizes(g, 3):
+        ours = _median(g.get((3, "", n, OURS), []), "p50_ms")
+        peer, best = _best_peer(g, 3, n, "p50_ms", False)
+        ok = None if ours is None or best is None else ours <= best
+        lines.append(
+            f"| S3 p50 no worse than the peer's (ours durable in SQLite at both ends) | "
+            f"ours {ours if ours is None else round(ours, 3)} ms vs {SHORT.get(peer or '', '?')} "
+            f"{best if best is None else round(best, 3)} ms | {status(ok)} |"
+        )
+    for n in sorted(set(_sizes(g, 6, "none")) & set(_sizes(g, 6, "observed"))):
+        a = _median(g.get((6, "none", n, OURS), []), _rate)
+        b = _median(g.get((6, "observed", n, OURS), []), _rate)
+        cost = None if not a or not b else 1 - b / a
+        lines.append(
+            f"| S6 observing costs < 5% of throughput | "
+            f"{'n/a' if cost is None else f'{100 * cost:.1f}%'} | "
+            f"{status(None if cost is None else cost < 0.05)} |"
+        )
+    return [*lines, ""]
