@@ -80,28 +80,8 @@ class NetworkConditionsWidget:
         self._syncing = threading.local()
         self._lock = threading.Lock()
         max_ms = int(max_latency * 1000)
-        self.latency = {
-            d: widgets.IntSlider(
-                description=f"latency {_ARROWS[d]} ms",
-                min=0,
-                max=max_ms,
-                step=10,
-                continuous_update=False,
-                style={"description_width": "initial"},
-            )
-            for d in _DIRECTIONS
-        }
-        self.jitter = {
-            d: widgets.IntSlider(
-                description=f"jitter {_ARROWS[d]} ms",
-                min=0,
-                max=max_ms,
-                step=10,
-                continuous_update=False,
-                style={"description_width": "initial"},
-            )
-            for d in _DIRECTIONS
-        }
+        self.latency = {d: _ms_slider(f"latency {_ARROWS[d]} ms", max_ms) for d in _DIRECTIONS}
+        self.jitter = {d: _ms_slider(f"jitter {_ARROWS[d]} ms", max_ms) for d in _DIRECTIONS}
         self.bandwidth = {
             d: widgets.SelectionSlider(
                 description=f"bandwidth {_ARROWS[d]}",
@@ -251,3 +231,15 @@ class NetworkConditionsWidget:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         return _bundle(self.widget, self.summary(), kwargs)
+
+
+def _ms_slider(description: str, max_ms: int) -> Any:
+    """A slider of milliseconds, applied when released (not on every pixel)."""
+    return widgets.IntSlider(
+        description=description,
+        min=0,
+        max=max_ms,
+        step=10,
+        continuous_update=False,
+        style={"description_width": "initial"},
+    )
