@@ -7,7 +7,10 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from websockets.sync.client import ClientConnection, connect
+
 import realmsync_nb as rs
+from realmsync_nb.protocol.messages import SUBPROTOCOL
 
 # Every timeout in the tests is a multiple of UNIT seconds; raise RS_TEST_TIMEOUT_SCALE
 # on a slow machine instead of editing numbers (websockets' tests do the same with MS).
@@ -49,3 +52,16 @@ SOAK = bool(os.environ.get("RS_SOAK"))
 def soak(ci: int, long: int) -> int:
     """``ci`` iterations normally, ``long`` under ``RS_SOAK``."""
     return long if SOAK else ci
+
+
+def open_raw(server: rs.SyncServer, path: str = "/sync") -> ClientConnection:
+    """A raw protocol connection to ``server`` (loopback, no proxy), for bad-input tests."""
+    return connect(
+        server.url + path,
+        subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+        proxy=None,
+        compression=None,
+        open_timeout=T(5),
+        close_timeout=T(2),
+        max_size=None,
+    )

@@ -24,7 +24,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
 import realmsync_nb as rs
 from realmsync_nb.errors import ProtocolError
@@ -32,7 +32,7 @@ from realmsync_nb.protocol import messages as m
 from realmsync_nb.protocol.changeset import Changeset, Instruction, Op, encode_changeset
 from realmsync_nb.protocol.changeset import decode_changeset as _decode_changeset
 from realmsync_nb.protocol.wire import DecodeError
-from tests.helpers import Note, T, Task
+from tests.helpers import Note, T, Task, open_raw
 
 SCHEMA = (Task.__table_schema__, Note.__table_schema__)
 FUZZ_CLIENT_ID = 7_777_777
@@ -68,12 +68,12 @@ class Target:
 
     @classmethod
     def prepare(cls, server: rs.SyncServer) -> Target:
-        with _open(server, "/auth") as ws:
+        with open_raw(server, "/auth") as ws:
             ws.send(m.encode(m.AuthRequest(m.AuthOp.LOGIN_ANONYMOUS)))
             reply = m.decode(_recv(ws))
         assert isinstance(reply, m.AuthResponse), reply
         target = cls(server, reply.access_token)
-        with _open(server) as ws:  # register the client file once, up front
+        with open_raw(server) as ws:  # register the client file once, up front
             target.bind(ws)
         return target
 
@@ -84,7 +84,7 @@ class Target:
 
     def run_case(self, after_bind: bool, spec: FrameSpec) -> bool:
         """Send one case and check the oracle; returns whether the server accepted it."""
-        with _open(self.server) as ws:
+        with open_raw(self.server) as ws:
             if after_bind:
                 self.bind(ws)
             before = persisted(self.server)
@@ -98,18 +98,6 @@ class Target:
                 f"a rejected frame changed the server: {frame!r}"
             )
         return accepted
-
-
-def _open(server: rs.SyncServer, path: str = "/sync") -> ClientConnection:
-    return connect(
-        server.url + path,
-        subprotocols=[m.SUBPROTOCOL],  # type: ignore[list-item]
-        proxy=None,
-        compression=None,
-        open_timeout=T(5),
-        close_timeout=T(2),
-        max_size=None,
-    )
 
 
 def _recv(ws: ClientConnection) -> bytes:

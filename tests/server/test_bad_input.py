@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
 import realmsync_nb as rs
 from realmsync_nb.protocol import messages as m
@@ -37,7 +37,7 @@ from tests.client.syncing import (
     sqlite,
 )
 from tests.conftest import FAST, OpenRealm
-from tests.helpers import Note, T, Task
+from tests.helpers import Note, T, Task, open_raw
 
 SCHEMA = (Task.__table_schema__, Note.__table_schema__)
 PK = FieldSchema("id", ValueType.STR, primary_key=True)
@@ -45,18 +45,6 @@ RAW_CLIENT_ID = 4242
 
 
 # -- raw clients -------------------------------------------------------------------------
-
-
-def open_raw(server: rs.SyncServer, path: str = "/sync") -> ClientConnection:
-    return connect(
-        server.url + path,
-        subprotocols=[m.SUBPROTOCOL],  # type: ignore[list-item]
-        proxy=None,
-        compression=None,
-        open_timeout=T(5),
-        close_timeout=T(2),
-        max_size=None,
-    )
 
 
 def recv(ws: ClientConnection) -> m.Message:
