@@ -212,20 +212,18 @@ def test_wait_for_upload_covers_changes_committed_before_the_call(
     assert pending_bytes(a) == 0
 
 
-def test_wait_for_upload_cancel_removes_the_waiter(open_realm: OpenRealm) -> None:
-    a = open_realm("A")
-    connected(a)
-    s = a.sync_session
-    events = Recorder(s.events)
-    s.pause()
-    add_task(a, "t1")
-    fut = s.wait_for_upload()
+def assert_cancel_removes_the_waiter(
+    s: rs.Session, events: Recorder[rs.SyncEvent], direction: str
+) -> None:
+    """On a paused session: a cancelled wait is dropped by the session, not just ignored."""
+    start = s.wait_for_upload if direction == "upload" else s.wait_for_download
+    fut = start()
     settle()
-    assert not fut.done()  # nothing can be acknowledged while paused
+    assert not fut.done()  # nothing can complete while paused
     assert fut.cancel() is True
     assert fut.cancelled()
     wait_until(
-        lambda: wait_outcomes(events.items, "upload") == ["started", "cancelled"],
+        lambda: wait_outcomes(events.items, direction) == ["started", "cancelled"],
         what="the session to drop the cancelled waiter",
     )
     # Nothing keeps the cancelled future alive: the waiter is gone, not just ignored.
@@ -235,8 +233,18 @@ def test_wait_for_upload_cancel_removes_the_waiter(open_realm: OpenRealm) -> Non
     assert ref() is None
     # The session carries on: a new wait completes, and the old one left no trace.
     s.resume()
-    s.wait_for_upload().result(T(5))
-    assert wait_outcomes(events.items, "upload") == ["started", "cancelled", "started", "done"]
+    start().result(T(5))
+    assert wait_outcomes(events.items, direction) == ["started", "cancelled", "started", "done"]
+
+
+def test_wait_for_upload_cancel_removes_the_waiter(open_realm: OpenRealm) -> None:
+    a = open_realm("A")
+    connected(a)
+    s = a.sync_session
+    events = Recorder(s.events)
+    s.pause()
+    add_task(a, "t1")
+    assert_cancel_removes_the_waiter(s, events, "upload")
 
 
 def test_wait_for_upload_is_awaitable(server: rs.SyncServer, open_realm: OpenRealm) -> None:
@@ -289,21 +297,7 @@ def test_wait_for_download_cancel_removes_the_waiter(open_realm: OpenRealm) -> N
     s = b.sync_session
     events = Recorder(s.events)
     s.pause()
-    fut = s.wait_for_download()
-    settle()
-    assert not fut.done()
-    assert fut.cancel() is True
-    wait_until(
-        lambda: wait_outcomes(events.items, "download") == ["started", "cancelled"],
-        what="the session to drop the cancelled waiter",
-    )
-    ref = weakref.ref(fut)
-    del fut
-    gc.collect()
-    assert ref() is None
-    s.resume()
-    s.wait_for_download().result(T(5))
-    assert wait_outcomes(events.items, "download") == ["started", "cancelled", "started", "done"]
+    assert_cancel_removes_the_waiter(s, events, "download")
 
 
 # -- waits and pause ------------------------------------------------------------------------
