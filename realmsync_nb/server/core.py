@@ -91,7 +91,8 @@ class SyncServerCore:
         except ConnectionClosed:
             pass
 
-    def changes_committed(self, origin: int) -> None:
+    def changes_committed(self) -> None:
+        """New history: wake every sender (the writer's own sends its acknowledgement)."""
         for s in self.sessions:
             s.wake()
 
@@ -359,7 +360,7 @@ class ServerSession:
             batch.append((u.client_version, cs, u.body))
         if batch:
             self.acked = self.storage.integrate(self.client_id, batch)
-            self.core.changes_committed(self.client_id)
+            self.core.changes_committed()
         else:
             self.wake()  # re-acknowledge duplicates
 
