@@ -274,7 +274,7 @@ class Realm:
     def _read_field(self, model: type[Model], pk: Value, name: str) -> Value:
         self._check_open()
         with self._file.lock:
-            exists, value = self._file.objects.get_field(model.__name__, pk, name)
+            exists, value = self._file.user_objects().get_field(model.__name__, pk, name)
         if not exists:
             raise RealmError(f"{model.__name__} {pk!r} was deleted; it can no longer be read")
         return value
@@ -286,7 +286,7 @@ class Realm:
     def _read_object(self, model: type[Model], pk: Value) -> dict[str, Value]:
         self._check_open()
         with self._file.lock:
-            row = self._file.objects.get(model.__name__, pk)
+            row = self._file.user_objects().get(model.__name__, pk)
         if row is None:
             raise RealmError(f"{model.__name__} {pk!r} was deleted")
         return row
@@ -295,26 +295,26 @@ class Realm:
         if self._closed:
             return False
         with self._file.lock:
-            return self._file.objects.get(model.__name__, pk) is not None
+            return self._file.user_objects().get(model.__name__, pk) is not None
 
     def _count(self, model: type[Model]) -> int:
         self._check_open()
         with self._file.lock:
-            return self._file.objects.count(model.__name__)
+            return self._file.user_objects().count(model.__name__)
 
     def _pks(self, model: type[Model]) -> list[Value]:
         self._check_open()
         with self._file.lock:
-            return list(self._file.objects.pks(model.__name__))
+            return list(self._file.user_objects().pks(model.__name__))
 
     def _pk_at(self, model: type[Model], index: int) -> Value | None:
         with self._file.lock:
-            return self._file.objects.pk_at(model.__name__, index)
+            return self._file.user_objects().pk_at(model.__name__, index)
 
     def _rows(self, model: type[Model]) -> list[dict[str, Value]]:
         self._check_open()
         with self._file.lock:
-            return self._file.objects.rows(model.__name__)
+            return self._file.user_objects().rows(model.__name__)
 
     def snapshot(self) -> dict[str, dict[Any, dict[str, Value]]]:
         """Every live object, by model name and primary key (for tests and debugging)."""

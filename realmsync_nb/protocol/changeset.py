@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import json
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from .schema import TableSchema, Value, ValueType, check_value
+from .schema import PYTHON_TYPES, FieldSchema, TableSchema, Value, ValueType, check_value
 from .wire import DecodeError, Reader, Writer
 
 _F64 = struct.Struct("<d")
@@ -40,6 +41,7 @@ __all__ = [
     "Clock",
     "HybridClock",
     "Instruction",
+    "NewObjects",
     "ObjectState",
     "Op",
     "apply_instruction",
@@ -52,7 +54,7 @@ __all__ = [
 ]
 
 Clock = tuple[int, int]  # (hybrid timestamp, origin peer id)
-CHANGESET_FORMAT = 1
+CHANGESET_FORMAT = 2  # 1: instructions only; 2: instructions, then NewObjects groups
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
@@ -70,15 +72,71 @@ class Instruction:
     values: tuple[tuple[str, Value], ...] = ()
 
 
+# Types a NewObjects group can hold (JSON's own scalars, so a group encodes and
+# decodes at C speed), and the primary-key types it can be keyed by.
+BULK_TYPES = frozenset({ValueType.INT, ValueType.FLOAT, ValueType.STR, ValueType.BOOL})
+BULK_KEY_TYPES = frozenset({ValueType.INT, ValueType.STR})
+
+
+@dataclass(frozen=True, slots=True)
+class NewObjects:
+    """CREATEs of objects of one table that each set the same fields, kept by column.
+
+    Row ``i`` means ``Instruction(CREATE, table, keys[i], ((fields[0], columns[0][i]),
+    ...))``. This is the bulk form a large transaction of new objects takes: it is
+    encoded as JSON arrays, so it crosses the wire and is checked and stored in C
+    loops rather than one Python step per value (docs/protocol.md). Only fields of
+    :data:`BULK_TYPES` and keys of :data:`BULK_KEY_TYPES` go in a group.
+    """
+
+    table: str
+    fields: tuple[str, ...]
+    keys: tuple[Value, ...]
+    columns: tuple[tuple[Value, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def instructions(self) -> Iterator[Instruction]:
+        """The group as one CREATE instruction per object."""
+        fields = self.fields
+        for key, row in zip(self.keys, zip(*self.columns, strict=True), strict=True):
+            yield Instruction(Op.CREATE, self.table, key, tuple(zip(fields, row, strict=True)))
+
+    def split(self) -> tuple[NewObjects, NewObjects]:
+        """The first and second half of the rows, as two groups."""
+        h = len(self.keys) // 2
+        first = NewObjects(
+            self.table, self.fields, self.keys[:h], tuple(c[:h] for c in self.columns)
+        )
+        rest = NewObjects(
+            self.table, self.fields, self.keys[h:], tuple(c[h:] for c in self.columns)
+        )
+        return first, rest
+
+
 @dataclass(frozen=True, slots=True)
 class Changeset:
     ts: int
     origin: int
     instructions: tuple[Instruction, ...]
+    groups: tuple[NewObjects, ...] = ()
 
     @property
     def clock(self) -> Clock:
         return (self.ts, self.origin)
+
+    @property
+    def object_count(self) -> int:
+        """How many objects the changeset names."""
+        return len(self.instructions) + sum(len(g) for g in self.groups)
+
+    def all_instructions(self) -> list[Instruction]:
+        """Every instruction, with the groups expanded (the slow, general form)."""
+        out = list(self.instructions)
+        for g in self.groups:
+            out.extend(g.instructions())
+        return out
 
 
 # -- values -----------------------------------------------------------------
@@ -229,6 +287,19 @@ def encode_changeset(cs: Changeset) -> bytes:
                     idx = names[name] = len(names)
                 _put_uint(body, idx)
                 _put_value(body, value)
+    _put_uint(body, len(cs.groups))
+    for g in cs.groups:
+        for name in (g.table, *g.fields):
+            if name not in names:
+                names[name] = len(names)
+        _put_uint(body, names[g.table])
+        _put_uint(body, len(g.fields))
+        for name in g.fields:
+            _put_uint(body, names[name])
+        _put_uint(body, len(g.keys))
+        payload = json.dumps((g.keys, *g.columns), separators=(",", ":")).encode()
+        _put_uint(body, len(payload))
+        body += payload
     out = bytearray((CHANGESET_FORMAT,))
     _put_uint(out, cs.ts)
     _put_uint(out, cs.origin)
@@ -296,7 +367,7 @@ def _value_at(data: bytes, pos: int) -> tuple[Value, int]:
 def _decode_changeset(data: bytes) -> Changeset:
     r = Reader(data)
     fmt = r.byte()
-    if fmt != CHANGESET_FORMAT:
+    if fmt not in (1, CHANGESET_FORMAT):
         raise DecodeError(f"unknown changeset format {fmt}")
     ts = r.uint()
     origin = r.uint()
@@ -335,9 +406,65 @@ def _decode_changeset(data: bytes) -> Changeset:
                 vals.append((names[f], v))
             values = tuple(vals)
         append(Instruction(op, names[t], pk, values))
+    groups: tuple[NewObjects, ...] = ()
+    if fmt >= 2:
+        groups, pos = _decode_groups(data, pos, names)
     if pos != size:
         raise DecodeError(f"{size - pos} unexpected trailing bytes")
-    return Changeset(ts, origin, tuple(out))
+    return Changeset(ts, origin, tuple(out), groups)
+
+
+def _no_constant(name: str) -> None:
+    # NaN and ±Infinity are not JSON, and a group never carries them: the writer
+    # sends rows with non-finite floats as tagged instructions, which keep the bits.
+    raise ValueError(f"{name} is not allowed in a group")
+
+
+_JSON_SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
+def _decode_groups(data: bytes, pos: int, names: list[str]) -> tuple[tuple[NewObjects, ...], int]:
+    size = len(data)
+    n, pos = _uint_at(data, pos)
+    if n > size:
+        raise DecodeError("group count larger than the changeset")
+    groups = []
+    for _ in range(n):
+        t, pos = _uint_at(data, pos)
+        nf, pos = _uint_at(data, pos)
+        if nf > size:
+            raise DecodeError("field count larger than the changeset")
+        idx = [t]
+        for _ in range(nf):
+            f, pos = _uint_at(data, pos)
+            idx.append(f)
+        table, *fields = (_name(names, i) for i in idx)
+        rows, pos = _uint_at(data, pos)
+        length, pos = _uint_at(data, pos)
+        end = pos + length
+        if end > size:
+            raise DecodeError("truncated group")
+        try:
+            cols = json.loads(data[pos:end], parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nesting
+            raise DecodeError(f"malformed group of {table}: {exc}") from None
+        pos = end
+        if not (
+            type(cols) is list
+            and len(cols) == nf + 1
+            and all(type(c) is list and len(c) == rows for c in cols)
+        ):
+            raise DecodeError(f"group of {table}: not {nf + 1} columns of {rows} values")
+        for c in cols:
+            kinds = set(map(type, c))
+            if not kinds <= _JSON_SCALARS:
+                raise DecodeError(f"group of {table}: a value is not a number, string or null")
+            if int in kinds:
+                ints = c if len(kinds) == 1 else [v for v in c if type(v) is int]
+                if min(ints) < -(1 << 63) or max(ints) >= 1 << 63:
+                    raise DecodeError("integer value out of 64-bit range")
+        groups.append(NewObjects(table, tuple(fields), tuple(cols[0]), tuple(map(tuple, cols[1:]))))
+    return tuple(groups), pos
 
 
 _OPS = {op.value: op for op in Op}
@@ -352,6 +479,11 @@ def _name(names: list[str], idx: int) -> str:
 def validate_changeset(cs: Changeset, schema: Mapping[str, TableSchema]) -> str | None:
     """Return why ``cs`` breaks ``schema`` (first problem found), or None."""
     seen: set[tuple[str, object]] = set()
+    if cs.groups:
+        problem = _validate_groups(cs, schema)
+        if problem is not None:
+            return problem
+        seen = {(g.table, k) for g in cs.groups for k in g.keys}
     fast: dict[str, dict[str, tuple[type, bool]]] = {}
     for ins in cs.instructions:
         table = schema.get(ins.table)
@@ -393,6 +525,60 @@ def validate_changeset(cs: Changeset, schema: Mapping[str, TableSchema]) -> str 
             problem = check_value(f, value)
             if problem is not None:
                 return f"{ins.table}: {problem}"
+    return None
+
+
+def _validate_groups(cs: Changeset, schema: Mapping[str, TableSchema]) -> str | None:
+    keys_by_table: dict[str, set[Value]] = {}
+    for g in cs.groups:
+        table = schema.get(g.table)
+        if table is None:
+            return f"unknown table {g.table!r}"
+        pk = table.primary_key
+        if pk.type not in BULK_KEY_TYPES:
+            return f"{g.table}: objects keyed by {pk.type.name} cannot be sent as a group"
+        problem = _check_column(pk, g.keys, "primary key")
+        if problem is not None:
+            return f"{g.table}: bad primary key: {problem}"
+        keys = keys_by_table.setdefault(g.table, set())
+        before = len(keys)
+        keys.update(g.keys)
+        if len(keys) != before + len(g.keys):
+            return f"{g.table}: an object appears twice in one changeset"
+        if len(set(g.fields)) != len(g.fields):
+            return f"{g.table}: a field is set twice"
+        for name, column in zip(g.fields, g.columns, strict=True):
+            f = table.field(name)
+            if f is None:
+                return f"{g.table}: unknown field {name!r}"
+            if f.primary_key:
+                return f"{g.table}: the primary key {name} cannot be set"
+            if f.type not in BULK_TYPES:
+                return f"{g.table}: field {name} of type {f.type.name} cannot be sent as a group"
+            problem = _check_column(f, column, name)
+            if problem is not None:
+                return f"{g.table}: {problem}"
+    for ins in cs.instructions:
+        if ins.pk in keys_by_table.get(ins.table, ()):
+            return f"{ins.table}: object {ins.pk!r} appears twice in one changeset"
+    return None
+
+
+def _check_column(f: FieldSchema, column: tuple[Value, ...], what: str) -> str | None:
+    """Why a group's column of values cannot be stored in ``f``, or None (C-speed checks)."""
+    allowed: set[type] = {PYTHON_TYPES[f.type]}
+    if f.type is ValueType.FLOAT:
+        allowed.add(int)
+    if f.optional:
+        allowed.add(type(None))
+    kinds = set(map(type, column))
+    if not kinds <= allowed:
+        bad = next(v for v in column if type(v) not in allowed)
+        return check_value(f, bad) or f"{what}: {type(bad).__name__} is not allowed"
+    if int in kinds and f.type is ValueType.INT:
+        ints = [v for v in column if v is not None] if f.optional else column
+        if min(ints) < -(1 << 63) or max(ints) >= 1 << 63:  # type: ignore[type-var,operator]
+            return f"{what}: a value does not fit in 64 bits"
     return None
 
 

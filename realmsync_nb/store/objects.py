@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import itertools
 import sqlite3
 import struct
 import uuid
@@ -29,6 +30,7 @@ from ..protocol.changeset import (
     Changeset,
     Clock,
     Instruction,
+    NewObjects,
     ObjectState,
     Op,
     apply_instruction,
@@ -86,8 +88,18 @@ def to_sql(ftype: ValueType, v: Value) -> Any:
     if ftype is ValueType.DECIMAL:
         return str(v)
     if ftype is ValueType.FLOAT:
-        return float(v)  # type: ignore[arg-type]
+        return float_to_sql(v)  # type: ignore[arg-type]
     return v
+
+
+_F64 = struct.Struct("<d")
+
+
+def float_to_sql(v: float | int) -> float | bytes:
+    """A float as SQLite keeps it exactly: SQLite stores NaN as NULL, so a NaN goes in
+    as its 8 IEEE-754 bytes (a BLOB in the REAL column), with its sign and payload."""
+    f = float(v)
+    return f if f == f else _F64.pack(f)
 
 
 # Python value -> SQLite value for non-None values (None: stored as is). The fast path
@@ -96,12 +108,15 @@ _CONVERTERS: dict[ValueType, Callable[[Any], Any] | None] = {
     ValueType.INT: None,
     ValueType.STR: None,
     ValueType.BYTES: None,
-    ValueType.FLOAT: float,
+    ValueType.FLOAT: float_to_sql,
     ValueType.BOOL: int,
     ValueType.DATETIME: datetime_to_micros,
     ValueType.UUID: lambda v: v.bytes,
     ValueType.DECIMAL: str,
 }
+
+
+_PLAIN_SQL = frozenset({ValueType.INT, ValueType.FLOAT, ValueType.STR, ValueType.BOOL})
 
 
 def from_sql(ftype: ValueType, v: Any) -> Value:
@@ -115,6 +130,9 @@ def from_sql(ftype: ValueType, v: Any) -> Value:
         return uuid.UUID(bytes=v)
     if ftype is ValueType.DECIMAL:
         return decimal.Decimal(v)
+    if ftype is ValueType.FLOAT and type(v) is bytes:
+        nan: float = _F64.unpack(v)[0]  # see float_to_sql
+        return nan
     value: Value = v
     return value
 
@@ -145,6 +163,16 @@ class TableCodec:
         self.count_live = f"SELECT count(*) FROM {t} WHERE _live = 1"
         self.select_pks = f"SELECT {q(self.pk.name)} FROM {t} WHERE _live = 1 ORDER BY rowid"
         self.select_pk_at = self.select_pks + " LIMIT 1 OFFSET ?"
+        self.field_names = tuple(f.name for f in self.fields)
+        # New objects with every field given and one clock: the deleted and per-field
+        # clock columns keep their NULL default.
+        new_cols = ", ".join([*cols, "_created", "_live"])
+        self.insert_new = (
+            f"INSERT INTO {t} ({new_cols}) VALUES ({', '.join('?' * (len(cols) + 1))}, 1)"
+        )
+        # Whether rows of a NewObjects group with every field go into SQLite as they
+        # are (bool binds as 0/1, and a REAL column stores an int as a float).
+        self.bulk_ready = all(f.type in _PLAIN_SQL for f in schema.fields)
         self._existing: dict[int, str] = {}
         # Per field: None when the Python value is stored as is, else a converter.
         self._converters: list[tuple[FieldSchema, Callable[[Any], Any] | None]] = [
@@ -331,7 +359,33 @@ class ObjectTables:
             codec = self.codecs[table]
             for start in range(0, len(group), _BATCH):
                 changed += self._insert_new(codec, group[start : start + _BATCH], clock)
+        for g in cs.groups:
+            changed += self._apply_group(g, clock)
         return changed
+
+    def _apply_group(self, g: NewObjects, clock: Clock) -> int:
+        """Merge a group of CREATEs: one ``executemany`` when none of its objects has a
+        row here yet (the usual case), else object by object."""
+        codec = self.codecs.get(g.table)
+        if codec is None:
+            return 0
+        if g.fields == codec.field_names and codec.bulk_ready:
+            created = clock_to_sql(clock)
+            rows = zip(g.keys, *g.columns, itertools.repeat(created))
+            self.conn.execute("SAVEPOINT bulk_insert")
+            try:
+                self.conn.executemany(codec.insert_new, rows)
+            except sqlite3.IntegrityError:  # some already exist (or are tombstones)
+                self.conn.execute("ROLLBACK TO bulk_insert")
+            else:
+                self.conn.execute("RELEASE bulk_insert")
+                return len(g.keys)
+            self.conn.execute("RELEASE bulk_insert")
+        group = list(g.instructions())
+        return sum(
+            self._insert_new(codec, group[start : start + _BATCH], clock)
+            for start in range(0, len(group), _BATCH)
+        )
 
     def _insert_new(self, codec: TableCodec, group: list[Instruction], clock: Clock) -> int:
         keys = [codec.pk_sql(ins.pk) for ins in group]

@@ -19,20 +19,25 @@ import contextlib
 import copy
 import fcntl
 import json
+import math
 import os
 import secrets
 import sqlite3
 import threading
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RealmError, SchemaError, ValidationError
 from ..protocol.changeset import (
+    BULK_KEY_TYPES,
+    BULK_TYPES,
     VALUE_DEFAULTS,
     Changeset,
     HybridClock,
     Instruction,
+    NewObjects,
     ObjectState,
     Op,
     apply_instruction,
@@ -128,6 +133,7 @@ class RealmFile:
             # small and lock-free in WAL mode, so not worth a hop to the db worker.
             self.read_conn = connect(self.path)
             self.lock = threading.RLock()  # serialises use of self.conn across user threads
+            self.active: LocalTransaction | None = None  # the open local transaction
             # Held by whichever connection writes. SQLite would serialise the two
             # connections itself, but its busy handler sleeps in steps of milliseconds;
             # a Python lock hands over in microseconds.
@@ -136,6 +142,14 @@ class RealmFile:
                 self._init_meta(schema)
             self.schema = dict(schema)
             self.objects = ObjectTables(self.conn, self.schema.values())
+            # Tables whose new objects a local transaction writes as NewObjects groups,
+            # with their field names (key first).
+            self.bulk_tables = {
+                name: tuple(f.name for f in t.fields)
+                for name, t in self.schema.items()
+                if t.primary_key.type in BULK_KEY_TYPES
+                and all(f.type in BULK_TYPES for f in t.fields[1:])
+            }
             self.sync_objects = ObjectTables(self.sync_conn, self.schema.values())
             self.client_id = int(self.get_meta("client_id"))
             self.clock = HybridClock(int(self.get_meta("hlc")))
@@ -197,6 +211,17 @@ class RealmFile:
     def begin(self) -> LocalTransaction:
         return LocalTransaction(self)
 
+    def user_objects(self) -> ObjectTables:
+        """The user connection's tables, up to date with the open transaction's writes.
+
+        Call with ``self.lock`` held: the thread that holds it while a transaction
+        is open is the transaction's own.
+        """
+        txn = self.active
+        if txn is not None:
+            txn.flush_pending()
+        return self.objects
+
     def next_clock(self) -> int:
         with self._clock_lock:
             return self.clock.tick()
@@ -256,10 +281,37 @@ class RealmFile:
             ValueError: a changeset does not decode (wire.DecodeError); nothing is applied.
         """
         decoded = [decode_changeset(body) for body in changesets]
+        with self.write_lock:
+            return self._integrate_locked(download_cursor, changesets, decoded, upload_ack)
+
+    def try_integrate(
+        self, download_cursor: int, changesets: list[bytes], upload_ack: int
+    ) -> IntegrateResult | None:
+        """:meth:`integrate`, or None at once when a local write holds the file.
+
+        For the sync thread's event loop, which must never wait for a user's
+        transaction: it integrates small downloads itself (no hop to a worker
+        thread, the lowest latency) and hands the rest to its worker.
+        """
+        decoded = [decode_changeset(body) for body in changesets]
+        if not self.write_lock.acquire(blocking=False):
+            return None
+        try:
+            return self._integrate_locked(download_cursor, changesets, decoded, upload_ack)
+        finally:
+            self.write_lock.release()
+
+    def _integrate_locked(
+        self,
+        download_cursor: int,
+        changesets: list[bytes],
+        decoded: list[Changeset],
+        upload_ack: int,
+    ) -> IntegrateResult:
         c = self.sync_conn
         changed = 0
         nbytes = sum(len(b) for b in changesets)
-        with self.write_lock, transaction(c):
+        with transaction(c):
             for cs in decoded:
                 changed += self.sync_objects.apply_changeset(cs)
             acked, acked_bytes = self._record_ack(c, upload_ack)
@@ -303,7 +355,7 @@ class RealmFile:
 
     def snapshot(self) -> dict[str, dict[Any, dict[str, Value]]]:
         with self.lock:
-            return self.objects.snapshot()
+            return self.user_objects().snapshot()
 
     def integrity_check(self) -> str:
         with self.lock:
@@ -337,8 +389,7 @@ class LocalTransaction:
         file.write_lock.acquire()
         try:
             file.conn.execute("BEGIN IMMEDIATE")
-            self.clock = (file.next_clock(), file.client_id)
-            self._new_tail = (clock_to_sql(self.clock), None, None, 1)
+            self._set_clock()
         except BaseException:
             # Whatever fails here, the locks go back: a leaked one hangs every later write.
             if file.conn.in_transaction:
@@ -350,10 +401,29 @@ class LocalTransaction:
         self._touched: dict[tuple[str, object], tuple[ObjectState | None, Instruction]] = {}
         # States read for an existence check, kept so _record need not read them again.
         self._read: dict[tuple[str, object], ObjectState | None] = {}
+        # Objects new to this file, created with every field of a bulk-encodable table
+        # (the common case of a large transaction): key -> (table, row of values, key
+        # first). Their rows are already inserted; they travel as NewObjects groups.
+        self._new: dict[tuple[str, object], tuple[str, tuple[Value, ...]]] = {}
+        self._insert_new = {t: c.insert_new for t, c in self.objects.codecs.items()}
+        # Deferred inserts. Once a transaction has inserted DEFER_AFTER new objects in a
+        # table one by one, it reads the range of keys the table holds; a new key
+        # outside that range (and not in _new) certainly has no row, so its insert
+        # can wait and go in one executemany with the others. Rows are flushed before
+        # anything reads the file (see RealmFile.user_objects) and at each part.
+        self._pending: dict[str, list[tuple[Value, ...]]] = {}
+        self._direct: dict[str, int] = {}
+        self._ranges: dict[str, tuple[Any, Any] | None] = {}
+        file.active = self
         self.done = False
         self.body_size = 0  # bytes of the committed changeset(s)
         self.parts: list[tuple[int, int]] = []  # (client version, bytes) per changeset
         self._last_ts = 0
+
+    def _set_clock(self) -> None:
+        self.clock = (self.file.next_clock(), self.file.client_id)
+        self._created = clock_to_sql(self.clock)
+        self._new_tail = (self._created, None, None, 1)
 
     def _check(self, table: str, values: Mapping[str, Value]) -> TableSchema:
         schema = self.file.schema.get(table)
@@ -370,6 +440,8 @@ class LocalTransaction:
 
     def _exists(self, table: str, pk: Value) -> bool:
         key = (table, pk_key(pk))
+        if key in self._new:
+            return True
         if key in self._touched:
             return self.objects.get(table, pk) is not None
         if key not in self._read:
@@ -385,6 +457,13 @@ class LocalTransaction:
         ``checked`` says every value was already validated against the schema (a
         Model's fields validate on assignment), so it is not checked twice.
         """
+        bulk = self.file.bulk_tables.get(table)
+        if bulk is not None and checked and len(values) == len(bulk):
+            # The hot path of a bulk write: a Model's values (checked, every field).
+            row = tuple(map(values.get, bulk))
+            pk = row[0]
+            if pk is not None and self._try_new(table, pk, row):
+                return pk
         schema = self.file.schema.get(table)
         if schema is None:
             raise RealmError(f"{table} is not in this realm's schema")
@@ -396,6 +475,10 @@ class LocalTransaction:
         if not checked:
             self._check(table, values)
         pk = values[pkf.name]
+        if bulk is not None:
+            row = tuple([pk, *[values.get(f.name, _default(f)) for f in schema.fields[1:]]])
+            if self._try_new(table, pk, row):
+                return pk
         if not update and self._exists(table, pk):
             raise ValidationError(
                 f"{table}: an object with {pkf.name}={pk!r} already exists; "
@@ -420,9 +503,64 @@ class LocalTransaction:
             raise RealmError(f"{table} {pk!r} does not exist (already deleted?)")
         self._record(Instruction(Op.DELETE, table, pk))
 
+    def _try_new(self, table: str, pk: Value, row: tuple[Value, ...]) -> bool:
+        """Insert ``row`` (key first, then every field) as an object this file has no
+        row for, live or deleted; False if it has one, or this transaction touched it
+        already: then the general path decides."""
+        key = (table, (type(pk), pk))  # pk_key(pk), inline
+        if key in self._new or key in self._touched or key in self._read:
+            return False
+        if table in self._ranges:
+            held = self._ranges[table]
+            if held is None or pk < held[0] or pk > held[1]:
+                self._pending.setdefault(table, []).append((*row, self._created))
+                self._new[key] = (table, row)
+                if len(self._new) + len(self._touched) >= FLUSH_OBJECTS:
+                    self._write_part()
+                return True
+        try:
+            self.objects.conn.execute(self._insert_new[table], (*row, self._created))
+        except sqlite3.IntegrityError:  # the key has a row: an update, or a re-create
+            return False
+        n = self._direct.get(table, 0) + 1
+        self._direct[table] = n
+        if n == DEFER_AFTER:
+            self._ranges[table] = self._key_range(table)
+        self._new[key] = (table, row)
+        if len(self._new) + len(self._touched) >= FLUSH_OBJECTS:
+            self._write_part()
+        return True
+
+    def _key_range(self, table: str) -> tuple[Any, Any] | None:
+        """(smallest, largest) key with a row in ``table`` (live or not), None if empty."""
+        pk = self.objects.codec(table).pk.name
+        lo, hi = self.objects.conn.execute(
+            f'SELECT min("{pk}"), max("{pk}") FROM "{table}"'
+        ).fetchone()
+        return None if lo is None else (lo, hi)
+
+    def flush_pending(self) -> None:
+        """Insert the deferred rows, so the file shows every object written so far."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        for table, rows in pending.items():
+            self.objects.conn.executemany(self._insert_new[table], rows)
+        # The rows just inserted are now in the file, but may lie outside the ranges.
+        self._ranges = {t: self._key_range(t) for t in self._ranges}
+
     def _record(self, ins: Instruction) -> None:
+        self.flush_pending()
         key = (ins.table, pk_key(ins.pk))
         codec = self.objects.codec(ins.table)
+        new = self._new.pop(key, None)
+        if new is not None:  # created in bulk form earlier in this transaction
+            table, values = new
+            names = codec.field_names
+            created = Instruction(
+                Op.CREATE, table, values[0], tuple(zip(names, values[1:], strict=True))
+            )
+            self._touched[key] = (None, created)
         entry = self._touched.get(key)
         if entry is None:
             base = (
@@ -435,7 +573,7 @@ class LocalTransaction:
                 if row is not None:
                     self._touched[key] = (None, ins)
                     self.objects.conn.execute(codec.insert, row)
-                    if len(self._touched) >= FLUSH_OBJECTS:
+                    if len(self._touched) + len(self._new) >= FLUSH_OBJECTS:
                         self._write_part()
                     return
         else:
@@ -446,7 +584,7 @@ class LocalTransaction:
         apply_instruction(state, net, self.clock)
         is_new = base is None and entry is None
         self.objects.write_state(codec, ins.pk, state, is_new=is_new)
-        if len(self._touched) >= FLUSH_OBJECTS:
+        if len(self._touched) + len(self._new) >= FLUSH_OBJECTS:
             self._write_part()
 
     def _write_part(self) -> None:
@@ -457,11 +595,22 @@ class LocalTransaction:
         on after each part: an object touched again later in the transaction gets
         a newer clock, exactly as if the transaction had been several in a row.
         """
-        if not self._touched:
+        self.flush_pending()
+        if not self._touched and not self._new:
             return
-        bodies = split_encode(
-            self.clock, [net for _, net in self._touched.values()], MAX_CHANGESET_BYTES
-        )
+        by_table: dict[str, list[tuple[Value, ...]]] = defaultdict(list)
+        for table, row in self._new.values():
+            by_table[table].append(row)
+        groups = []
+        loose = [net for _, net in self._touched.values()]
+        for table, rows in by_table.items():
+            keys, *columns = zip(*rows, strict=True)
+            group = NewObjects(table, self.objects.codec(table).field_names, keys, tuple(columns))
+            if all(map(_json_exact, columns)):
+                groups.append(group)
+            else:  # NaN or ±inf: JSON would not keep a NaN's bits; the tagged form does
+                loose.extend(group.instructions())
+        bodies = split_encode(self.clock, loose, MAX_CHANGESET_BYTES, groups)
         if max(map(len, bodies)) > MAX_MESSAGE_SIZE - 4096:
             raise RealmError(
                 "a single object's change is larger than a sync message "
@@ -475,8 +624,9 @@ class LocalTransaction:
             self.parts.append((version, len(body)))
         self._last_ts = self.clock[0]
         self._touched.clear()
-        self.clock = (self.file.next_clock(), self.file.client_id)
-        self._new_tail = (clock_to_sql(self.clock), None, None, 1)
+        self._new.clear()
+        self._read.clear()
+        self._set_clock()
 
     def commit(self) -> int | None:
         """Commit; returns the new client version, or None if nothing was written."""
@@ -499,6 +649,7 @@ class LocalTransaction:
             self.parts.clear()
             raise
         finally:
+            self.file.active = None
             self.file.write_lock.release()
             self.file.lock.release()
         if not self.parts:
@@ -511,9 +662,11 @@ class LocalTransaction:
         if self.done:
             return
         self.done = True
+        self._pending.clear()
         try:
             self.file.conn.execute("ROLLBACK")
         finally:
+            self.file.active = None
             self.file.write_lock.release()
             self.file.lock.release()
 
@@ -527,21 +680,36 @@ class LocalTransaction:
 MAX_CHANGESET_BYTES = 4 * 1024 * 1024
 # Objects a transaction gathers before writing them out as a part (see _write_part).
 FLUSH_OBJECTS = 20_000
+# New objects a transaction inserts into a table one by one before it starts to
+# defer and batch the inserts of keys that provably have no row (see _try_new).
+DEFER_AFTER = 64
 
 
 def split_encode(
-    clock: tuple[int, int], instructions: list[Instruction], limit: int
+    clock: tuple[int, int],
+    instructions: list[Instruction],
+    limit: int,
+    groups: list[NewObjects] | None = None,
 ) -> list[bytes]:
-    """Encode a transaction's instructions as one changeset, or several below ``limit``."""
-    body = encode_changeset(Changeset(clock[0], clock[1], tuple(instructions)))
-    if len(body) <= limit or len(instructions) < 2:
+    """Encode a transaction's instructions and groups as one changeset, or several
+    below ``limit`` (halving both until each part fits or holds one object)."""
+    groups = [g for g in groups or () if len(g)]
+    body = encode_changeset(Changeset(clock[0], clock[1], tuple(instructions), tuple(groups)))
+    objects = len(instructions) + sum(len(g) for g in groups)
+    if len(body) <= limit or objects < 2:
         return [body]
-    parts = -(-len(body) // (limit // 2))  # aim at half the limit: sizes vary per object
-    step = -(-len(instructions) // parts)
-    out: list[bytes] = []
-    for start in range(0, len(instructions), step):
-        out.extend(split_encode(clock, instructions[start : start + step], limit))
-    return out
+    h = len(instructions) // 2
+    halves = [g.split() for g in groups]
+    return [
+        *split_encode(clock, instructions[:h], limit, [a for a, _ in halves]),
+        *split_encode(clock, instructions[h:], limit, [b for _, b in halves]),
+    ]
+
+
+def _json_exact(column: tuple[Value, ...]) -> bool:
+    """Whether JSON carries every value of a group's column exactly (not NaN or ±inf)."""
+    floats = [v for v in column if type(v) is float]
+    return not floats or all(map(math.isfinite, floats))
 
 
 def _default(f: FieldSchema) -> Value:

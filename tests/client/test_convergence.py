@@ -144,7 +144,7 @@ def expected_state(history: list[tuple[int, int, bytes]]) -> dict[str, dict[Any,
     state: dict[str, dict[Any, dict[str, Any]]] = {"Note": {}, "Task": {}}
     changesets = sorted((decode_changeset(body) for _, _, body in history), key=lambda c: c.clock)
     for cs in changesets:
-        for ins in cs.instructions:
+        for ins in cs.all_instructions():
             objs = state[ins.table]
             if ins.op is Op.DELETE:
                 objs.pop(ins.pk, None)

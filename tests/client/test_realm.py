@@ -356,7 +356,7 @@ def test_a_large_transaction_is_stored_in_parts_and_syncs_whole(
     assert all(len(body) <= 2_000 for body in bodies)
     parts = [decode_changeset(body) for body in bodies]
     assert len({p.clock for p in parts}) == 1, "every part keeps the transaction's clock"
-    pks = [ins.pk for p in parts for ins in p.instructions]
+    pks = [ins.pk for p in parts for ins in p.all_instructions()]
     assert sorted(pks) == sorted(f"big-{i}" for i in range(300))  # each object once
 
     a.sync_session.resume()

@@ -216,6 +216,7 @@ def test_known_encoding() -> None:
             1,  # one value
             1,  # field = names[1]
             5,  # TRUE tag
+            0,  # no NewObjects groups
         ]
     )  # fmt: skip
 
@@ -243,9 +244,12 @@ def test_delete_carries_no_values_and_names_are_interned() -> None:
 # -- codec: bad input -----------------------------------------------------------------
 
 
-def _raw_changeset(names: Sequence[str], body: bytes, n_names: int | None = None) -> bytes:
+def _raw_changeset(
+    names: Sequence[str], body: bytes, n_names: int | None = None, fmt: int = 1
+) -> bytes:
+    """A changeset written by hand; format 1 (instructions only) unless ``fmt``."""
     w = Writer()
-    w.byte(CHANGESET_FORMAT)
+    w.byte(fmt)
     w.uint(1)
     w.uint(2)
     w.uint(len(names) if n_names is None else n_names)
@@ -276,7 +280,7 @@ def _sint_bytes(n: int) -> bytes:
     ("data", "why"),
     [
         (b"", "truncated"),
-        (b"\x02", "unknown changeset format 2"),
+        (b"\x03", "unknown changeset format 3"),
         (b"\x00", "unknown changeset format 0"),
         (_raw_changeset(["T"], bytes([1, 4, 0, 1, 0])), "unknown instruction 4"),
         (_raw_changeset(["T"], bytes([1, 0, 0, 1, 0])), "unknown instruction 0"),

@@ -24,7 +24,13 @@ from websockets.sync.client import ClientConnection
 
 import realmsync_nb as rs
 from realmsync_nb.protocol import messages as m
-from realmsync_nb.protocol.changeset import Changeset, Instruction, Op, encode_changeset
+from realmsync_nb.protocol.changeset import (
+    Changeset,
+    Instruction,
+    NewObjects,
+    Op,
+    encode_changeset,
+)
 from realmsync_nb.protocol.messages import ErrorCode as E
 from realmsync_nb.protocol.schema import FieldSchema, TableSchema, ValueType
 from realmsync_nb.server import auth
@@ -76,6 +82,12 @@ def expect_error(ws: ClientConnection, code: int, fragment: str) -> m.Error:
 
 def body(origin: int, *instructions: Instruction) -> bytes:
     return encode_changeset(Changeset(time.time_ns() // 1000, origin, instructions))
+
+
+def group_body(fields: tuple[str, ...], keys: tuple[Any, ...], columns: tuple[Any, ...]) -> bytes:
+    """A changeset of one NewObjects group of Task (the bulk form of CREATEs)."""
+    g = NewObjects("Task", fields, keys, columns)
+    return encode_changeset(Changeset(time.time_ns() // 1000, RAW_CLIENT_ID, (), (g,)))
 
 
 def create(pk: str = "evil", table: str = "Task", **values: Any) -> Instruction:
@@ -375,6 +387,30 @@ SYNC_CASES = [
         after_bind(lambda c, ws: ws.send(upload((1, body(RAW_CLIENT_ID, create(colour="red")))))),
         E.BAD_CHANGESET,
         "unknown field",
+    ),
+    (
+        "a group whose column has the wrong type",
+        after_bind(
+            lambda c, ws: ws.send(upload((1, group_body(("title",), ("g1", "g2"), (("ok", 5),)))))
+        ),
+        E.BAD_CHANGESET,
+        "title expects str",
+    ),
+    (
+        "a group naming an object twice",
+        after_bind(
+            lambda c, ws: ws.send(upload((1, group_body(("title",), ("g1", "g1"), (("a", "b"),)))))
+        ),
+        E.BAD_CHANGESET,
+        "appears twice",
+    ),
+    (
+        "a group with a column too short",
+        after_bind(
+            lambda c, ws: ws.send(upload((1, group_body(("title",), ("g1", "g2"), (("a",),)))))
+        ),
+        E.BAD_CHANGESET,
+        "does not decode",
     ),
     (
         "undecodable changeset",

@@ -155,7 +155,7 @@ def test_each_local_transaction_appends_one_history_entry_with_the_next_version(
     assert {cs.origin for cs in changesets} == {f.client_id}
     stamps = [cs.ts for cs in changesets]
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
-    assert [[(i.op, i.table, i.pk) for i in cs.instructions] for cs in changesets] == [
+    assert [[(i.op, i.table, i.pk) for i in cs.all_instructions()] for cs in changesets] == [
         [(Op.CREATE, "Task", "a")],
         [(Op.UPDATE, "Task", "a"), (Op.CREATE, "Note", 1)],
         [(Op.DELETE, "Task", "a")],
@@ -172,7 +172,7 @@ def test_a_transaction_folds_repeated_writes_to_one_instruction(open_file: OpenF
         ("update", "Task", ("a", "priority", 2)),
     )
     (cs,) = [decode_changeset(r[1]) for r in history(f.path)]  # type: ignore[arg-type]
-    (ins,) = cs.instructions
+    (ins,) = cs.all_instructions()
     assert ins.op is Op.CREATE
     assert dict(ins.values) == {"title": "y", "done": False, "priority": 2, "due": None}
     assert f.snapshot()["Task"]["a"]["title"] == "y"

@@ -1,0 +1,155 @@
+"""Large transactions of new objects: the bulk path of a local write.
+
+A transaction that adds many new objects of a table with plain fields (int, float,
+str, bool) defers their inserts into one ``executemany`` and sends them as a
+NewObjects group. None of that may be visible to the user: reads inside the
+transaction see every object, a duplicate key is refused at the ``add()`` that
+names it, and the other device ends with exactly the same objects.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import struct
+
+import pytest
+
+import realmsync_nb as rs
+from realmsync_nb.protocol.changeset import decode_changeset
+from realmsync_nb.store import realm_file
+from tests.conftest import OpenRealm
+from tests.helpers import T
+
+N = 3 * realm_file.DEFER_AFTER  # well past the point where inserts are deferred
+
+
+class Reading(rs.Model):
+    id: int = rs.primary_key()
+    label: str = ""
+    value: float = 0.0
+    flag: bool = False
+    note: str | None = None
+
+
+def history(realm: rs.Realm) -> list[bytes]:
+    c = sqlite3.connect(realm.path)
+    try:
+        return [r[0] for r in c.execute("SELECT body FROM _history ORDER BY client_version")]
+    finally:
+        c.close()
+
+
+def synced(a: rs.Realm, b: rs.Realm) -> None:
+    a.sync_session.wait_for_upload().result(T(10))
+    b.sync_session.wait_for_download().result(T(10))
+
+
+def test_reads_inside_the_transaction_see_every_deferred_object(open_realm: OpenRealm) -> None:
+    a = open_realm("A", models=(Reading,))
+    with a.write():
+        for i in range(N):
+            a.add(Reading(id=i, label=f"r{i}", value=i / 2))
+        # Every kind of read: count, lookup, field read, iteration, rows.
+        assert len(a.all(Reading)) == N
+        last = a.find(Reading, N - 1)
+        assert last is not None and last.label == f"r{N - 1}"
+        assert [r.id for r in a.all(Reading)][-3:] == [N - 3, N - 2, N - 1]
+        assert a.all(Reading).to_dicts()[N // 2]["value"] == (N // 2) / 2
+        a.add(Reading(id=N, label="after the reads"))  # and writing goes on after them
+    assert len(a.all(Reading)) == N + 1
+
+
+def test_a_duplicate_key_is_refused_at_its_add_even_when_inserts_are_deferred(
+    open_realm: OpenRealm,
+) -> None:
+    a = open_realm("A", models=(Reading,))
+    with a.write():
+        for i in range(N):
+            a.add(Reading(id=1000 + i))
+    with a.write():
+        for i in range(N):  # keys above everything stored: deferred
+            a.add(Reading(id=5000 + i))
+        for dup in (5000 + N - 1, 1000, 5000):  # pending, stored earlier, pending
+            with pytest.raises(rs.ValidationError, match="already exists"):
+                a.add(Reading(id=dup, label="again"))
+        a.add(Reading(id=1000, label="upserted"), update=True)
+    assert len(a.all(Reading)) == 2 * N
+    assert a.find(Reading, 1000).label == "upserted"  # type: ignore[union-attr]
+
+
+def test_changes_to_deferred_objects_in_the_same_transaction_sync_exactly(
+    open_realm: OpenRealm,
+) -> None:
+    a, b = open_realm("A", models=(Reading,)), open_realm("B", models=(Reading,))
+    with a.write():
+        a.add(Reading(id=-1, label="to be re-created"))
+    with a.write():
+        a.delete(a.find(Reading, -1))  # type: ignore[arg-type]
+    with a.write():
+        objs = [a.add(Reading(id=i, label="new", value=1.5, flag=True)) for i in range(N)]
+        objs[3].label = "changed"
+        objs[4].note = "noted"
+        a.delete(objs[5])
+        a.add(Reading(id=5, label="re-added"))
+        a.add(Reading(id=-1, label="back"))  # a tombstone inside the key range
+        a.add(Reading(id=N + 10, label="late"))
+    synced(a, b)
+    assert b.snapshot() == a.snapshot()
+    got = b.snapshot()["Reading"]
+    assert got[3]["label"] == "changed" and got[4]["note"] == "noted"
+    assert got[5]["label"] == "re-added" and got[5]["value"] == 0.0
+    assert got[-1]["label"] == "back" and len(got) == N + 2
+
+
+def test_new_objects_travel_as_one_group_and_arrive_intact(open_realm: OpenRealm) -> None:
+    a, b = open_realm("A", models=(Reading,)), open_realm("B", models=(Reading,))
+    a.sync_session.pause()  # keep the history to look at it
+    with a.write():
+        for i in range(N):
+            a.add(Reading(id=i, label="é ✓ \U0001f600", value=0.1 * i, note=None if i % 2 else "n"))
+    (body,) = history(a)
+    cs = decode_changeset(body)
+    assert not cs.instructions and [len(g) for g in cs.groups] == [N]
+    a.sync_session.resume()
+    synced(a, b)
+    assert b.snapshot() == a.snapshot()
+    got = b.snapshot()["Reading"]
+    assert [got[i]["value"] for i in range(N)] == [0.1 * i for i in range(N)]  # bit-exact
+    assert got[7] == {
+        "id": 7,
+        "label": "é ✓ \U0001f600",
+        "value": 0.1 * 7,
+        "flag": False,
+        "note": None,
+    }
+
+
+@pytest.mark.parametrize("odd", [math.nan, -math.inf, math.inf])
+def test_non_finite_floats_skip_the_group_and_keep_their_bits(
+    open_realm: OpenRealm, odd: float
+) -> None:
+    """JSON cannot carry a NaN's bits: such rows go as tagged instructions instead."""
+    a, b = open_realm("A", models=(Reading,)), open_realm("B", models=(Reading,))
+    a.sync_session.pause()
+    with a.write():
+        for i in range(N):
+            a.add(Reading(id=i, value=odd if i == 9 else 1.0))
+    cs = decode_changeset(history(a)[0])
+    assert not cs.groups and len(cs.instructions) == N
+    a.sync_session.resume()
+    synced(a, b)
+    got = b.find(Reading, 9).value  # type: ignore[union-attr]
+    assert struct.pack("<d", got) == struct.pack("<d", odd) or (math.isnan(got) and math.isnan(odd))
+
+
+def test_a_rolled_back_bulk_transaction_leaves_nothing(open_realm: OpenRealm) -> None:
+    a = open_realm("A", models=(Reading,))
+    with pytest.raises(RuntimeError), a.write():
+        for i in range(N):
+            a.add(Reading(id=i))
+        raise RuntimeError("changed my mind")
+    assert len(a.all(Reading)) == 0 and history(a) == []
+    with a.write():  # and the next transaction starts clean
+        a.add(Reading(id=1))
+    assert len(a.all(Reading)) == 1

@@ -1,0 +1,227 @@
+"""NewObjects groups: the bulk, column-wise form of CREATEs in a changeset.
+
+Checks the codec (round trips, what a decoder refuses), validation against a schema,
+and that a group means exactly the CREATE instructions it stands for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from realmsync_nb.protocol.changeset import (
+    Changeset,
+    Instruction,
+    NewObjects,
+    Op,
+    decode_changeset,
+    encode_changeset,
+    validate_changeset,
+)
+from realmsync_nb.protocol.schema import FieldSchema, TableSchema, ValueType, schema_by_name
+from realmsync_nb.protocol.wire import DecodeError, Writer
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+ROW = TableSchema(
+    "Row",
+    (
+        FieldSchema("id", ValueType.INT, primary_key=True),
+        FieldSchema("name", ValueType.STR),
+        FieldSchema("n", ValueType.INT, optional=True),
+        FieldSchema("x", ValueType.FLOAT),
+        FieldSchema("ok", ValueType.BOOL),
+    ),
+)
+TAG = TableSchema(
+    "Tag",
+    (FieldSchema("key", ValueType.STR, primary_key=True), FieldSchema("blob", ValueType.BYTES)),
+)
+SCHEMA = schema_by_name([ROW, TAG])
+FIELDS = ("name", "n", "x", "ok")
+
+# JSON carries these exactly: every int in 64 bits, finite floats (NaN and ±inf
+# never go in a group; the writer sends them as tagged instructions), any str.
+ROWS = st.lists(
+    st.tuples(
+        st.text(max_size=12),
+        st.one_of(st.none(), st.integers(I64_MIN, I64_MAX)),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+    ),
+    max_size=30,
+)
+
+
+def group(keys: list[object], rows: list[tuple[object, ...]], fields: tuple[str, ...] = FIELDS):
+    columns = tuple(zip(*rows, strict=True)) if rows else tuple(() for _ in fields)
+    return NewObjects("Row", fields, tuple(keys), columns)  # type: ignore[arg-type]
+
+
+@st.composite
+def groups(draw: st.DrawFn) -> NewObjects:
+    rows = draw(ROWS)
+    keys = draw(
+        st.lists(st.integers(I64_MIN, I64_MAX), min_size=len(rows), max_size=len(rows), unique=True)
+    )
+    return group(keys, rows)  # type: ignore[arg-type]
+
+
+def float_bits(g: NewObjects) -> list[bytes]:
+    return [struct.pack("<d", v) for v in g.columns[2]]  # type: ignore[arg-type]
+
+
+# -- codec ----------------------------------------------------------------------------
+
+
+@given(groups(), st.lists(st.integers(0, 2**40), max_size=3))
+def test_group_round_trip_keeps_values_types_and_bytes(g: NewObjects, deletes: list[int]) -> None:
+    cs = Changeset(7, 9, tuple(Instruction(Op.DELETE, "Other", k) for k in deletes), (g,))
+    encoded = encode_changeset(cs)
+    decoded = decode_changeset(encoded)
+    assert decoded == cs
+    (back,) = decoded.groups
+    for col, orig in zip(back.columns, g.columns, strict=True):
+        assert [type(v) for v in col] == [type(v) for v in orig]  # True stays bool, 1.0 float
+    assert float_bits(back) == float_bits(g)  # -0.0 stays -0.0
+    assert encode_changeset(decoded) == encoded
+
+
+@given(groups())
+def test_a_group_means_its_create_instructions(g: NewObjects) -> None:
+    expanded = list(g.instructions())
+    assert [i.pk for i in expanded] == list(g.keys)
+    for i, ins in enumerate(expanded):
+        assert ins.op is Op.CREATE and ins.table == "Row"
+        assert ins.values == tuple((f, g.columns[j][i]) for j, f in enumerate(FIELDS))
+    cs = Changeset(1, 1, (), (g,))
+    assert cs.all_instructions() == expanded
+    assert cs.object_count == len(g)
+
+
+@given(groups())
+def test_split_halves_keep_every_row_once(g: NewObjects) -> None:
+    a, b = g.split()
+    assert list(a.instructions()) + list(b.instructions()) == list(g.instructions())
+
+
+def _raw_group(payload: bytes, n_fields: int = 1, rows: int = 1) -> bytes:
+    w = Writer()
+    w.byte(2)
+    w.uint(1)  # ts
+    w.uint(2)  # origin
+    w.uint(2)  # names
+    w.str_("Row")
+    w.str_("name")
+    w.uint(0)  # no instructions
+    w.uint(1)  # one group
+    w.uint(0)  # table = names[0]
+    w.uint(n_fields)
+    for _ in range(min(n_fields, 8)):  # a huge count is refused before any index is read
+        w.uint(1)
+    w.uint(rows)
+    w.bytes_(payload)
+    return w.getvalue()
+
+
+def test_raw_group_helper_builds_a_valid_changeset() -> None:
+    cs = decode_changeset(_raw_group(b'[[1],["a"]]'))
+    assert cs.groups == (NewObjects("Row", ("name",), (1,), (("a",),)),)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (_raw_group(b"[[1],"), "malformed group"),
+        (_raw_group(b"\xff\xfe"), "malformed group"),
+        (_raw_group(b"[" * 100_000 + b"]" * 100_000), "malformed group"),
+        (_raw_group(b'{"a": 1}'), "not 2 columns of 1 values"),
+        (_raw_group(b"[[1]]"), "not 2 columns of 1 values"),
+        (_raw_group(b'[[1],["a","b"]]'), "not 2 columns of 1 values"),
+        (_raw_group(b"[[1],[[2]]]"), "not a number, string or null"),
+        (_raw_group(b'[[1],[{"k":2}]]'), "not a number, string or null"),
+        (_raw_group(b"[[9223372036854775808],[1]]"), "64-bit range"),
+        (_raw_group(b'[[-9223372036854775809],["a"]]'), "64-bit range"),
+        (_raw_group(b"[[1" + b"0" * 5000 + b'],["a"]]'), "malformed group"),
+        (_raw_group(b"[[1],[NaN]]"), "NaN is not allowed"),
+        (_raw_group(b"[[1],[-Infinity]]"), "-Infinity is not allowed"),
+        (_raw_group(b'[[1],["a"]]')[:-3], "truncated group"),
+        (_raw_group(b'[[1],["a"]]', n_fields=2**40), "field count larger"),
+    ],
+)
+def test_bad_groups_fail_with_a_decode_error(data: bytes, why: str) -> None:
+    with pytest.raises(DecodeError, match=why):
+        decode_changeset(data)
+
+
+@given(st.binary(max_size=60))
+def test_fuzzed_group_payloads_fail_only_with_decode_error(payload: bytes) -> None:
+    try:
+        decode_changeset(_raw_group(payload))
+    except DecodeError:
+        pass
+
+
+# -- validation -----------------------------------------------------------------------
+
+
+def _cs(*groups: NewObjects, instructions: tuple[Instruction, ...] = ()) -> Changeset:
+    return Changeset(10, 1, instructions, groups)
+
+
+GOOD = group([1, 2], [("a", None, 1.5, True), ("b", 7, 2, False)])  # an int is a valid float
+
+
+def test_valid_group() -> None:
+    assert validate_changeset(_cs(GOOD), SCHEMA) is None
+    # A group may set some fields only (a client that does not know the others).
+    assert validate_changeset(_cs(group([3], [("c",)], ("name",))), SCHEMA) is None
+
+
+@pytest.mark.parametrize(
+    ("cs", "expected"),
+    [
+        (_cs(NewObjects("Nope", (), (1,), ())), "unknown table 'Nope'"),
+        (_cs(NewObjects("Tag", ("blob",), ("k",), ((b"x",),))), "cannot be sent as a group"),
+        (_cs(group([1], [("a",)], ("colour",))), "unknown field 'colour'"),
+        (_cs(group([1], [(2,)], ("id",))), "primary key id cannot be set"),
+        (_cs(group([1], [("a", "b")], ("name", "name"))), "set twice"),
+        (_cs(group(["1"], [("a", None, 1.0, True)])), "bad primary key"),
+        (_cs(group([True], [("a", None, 1.0, True)])), "bad primary key"),
+        (_cs(group([None], [("a", None, 1.0, True)])), "bad primary key"),
+        (_cs(group([2**63], [("a", None, 1.0, True)])), "bad primary key"),
+        (_cs(group([1, 1], [("a", None, 1.0, True)] * 2)), "appears twice"),
+        (_cs(GOOD, GOOD), "appears twice"),
+        (_cs(GOOD, instructions=(Instruction(Op.DELETE, "Row", 2),)), "appears twice"),
+        (_cs(group([1], [(5, None, 1.0, True)])), "name expects str"),
+        (_cs(group([1], [(None, None, 1.0, True)])), "not optional"),
+        (_cs(group([1], [("a", True, 1.0, True)])), "n expects int"),
+        (_cs(group([1], [("a", 2**63, 1.0, True)])), "does not fit in 64 bits"),
+        (_cs(group([1], [("a", None, True, True)])), "x expects float"),
+        (_cs(group([1], [("a", None, 1.0, 1)])), "ok expects bool"),
+    ],
+)
+def test_invalid_groups(cs: Changeset, expected: str) -> None:
+    problem = validate_changeset(cs, SCHEMA)
+    assert problem is not None
+    assert expected in problem
+
+
+def test_an_instruction_may_name_a_key_of_another_table() -> None:
+    cs = _cs(GOOD, instructions=(Instruction(Op.DELETE, "Tag", "1"),))
+    assert validate_changeset(cs, SCHEMA) is None
+
+
+def test_json_in_the_payload_is_compact_and_exact() -> None:
+    """The payload is plain JSON: readable with any tool, floats in shortest repr."""
+    g = group([1], [("é", None, 0.1, False)])
+    body = encode_changeset(_cs(g))
+    payload = body[body.index(b"[[") :]
+    assert json.loads(payload) == [[1], ["é"], [None], [0.1], [False]]
+    assert b" " not in payload
+    assert math.isclose(json.loads(payload)[3][0], 0.1)
