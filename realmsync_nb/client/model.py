@@ -43,6 +43,17 @@ _TYPES: dict[Any, ValueType] = {
 }
 
 
+# Field type -> the Python type a value may have to skip the general check.
+_PLAIN: dict[ValueType, type] = {
+    ValueType.INT: int,
+    ValueType.FLOAT: float,
+    ValueType.STR: str,
+    ValueType.BOOL: bool,
+    ValueType.BYTES: bytes,
+}
+_INT_MIN, _INT_MAX = -(1 << 63), 1 << 63
+
+
 class _PrimaryKeyMarker:
     __slots__ = ()
 
@@ -134,9 +145,12 @@ class Model:
 
     __table_schema__: ClassVar[TableSchema]
     __defaults__: ClassVar[dict[str, Value]]
+    __plain_types__: ClassVar[dict[str, type]]
+    __field_names__: ClassVar[frozenset[str]]
 
-    _realm: Realm | None
-    _pk: Value
+    # Class-level defaults: an unmanaged instance never has to set these itself.
+    _realm: Realm | None = None
+    _pk: Value = None
     _values: dict[str, Value]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -174,24 +188,42 @@ class Model:
             raise SchemaError(str(exc)) from None
         cls.__table_schema__ = schema
         cls.__defaults__ = defaults
+        # Values whose exact type needs no further check (ints are range-checked
+        # inline); anything else takes the descriptor's full check.
+        cls.__plain_types__ = {f.name: _PLAIN[f.type] for f in schema.fields if f.type in _PLAIN}
+        cls.__field_names__ = frozenset(f.name for f in schema.fields)
         for f in schema.fields:
             setattr(cls, f.name, _Field(f, cls.__name__))
 
     def __init__(self, **values: Any) -> None:
-        schema = type(self).__table_schema__
-        self._realm = None
-        self._pk = None
-        unknown = set(values) - {f.name for f in schema.fields}
-        if unknown:
+        cls = type(self)
+        schema = cls.__table_schema__
+        if not values.keys() <= cls.__field_names__:
+            unknown = sorted(set(values) - cls.__field_names__)
             raise ValidationError(
-                f"{schema.name} has no field(s) {', '.join(sorted(unknown))}",
+                f"{schema.name} has no field(s) {', '.join(unknown)}",
                 model=schema.name,
-                field=sorted(unknown)[0],
+                field=unknown[0],
             )
-        self._values = dict(type(self).__defaults__)
-        self._values[schema.primary_key.name] = None
+        plain = cls.__plain_types__
+        if len(values) == len(plain) == len(schema.fields):
+            # Every field given (the bulk-write case): keep the keyword dict itself if
+            # each value's exact type needs no further check.
+            for name, value in values.items():
+                t = type(value)
+                if plain[name] is not t or (t is int and not _INT_MIN <= value < _INT_MAX):
+                    break
+            else:
+                self._values = values
+                return
+        self._values = own = dict(cls.__defaults__)
+        own[schema.primary_key.name] = None
         for name, value in values.items():
-            setattr(self, name, value)
+            t = type(value)
+            if plain.get(name) is t and (t is not int or _INT_MIN <= value < _INT_MAX):
+                own[name] = value
+            else:
+                setattr(self, name, value)
 
     @classmethod
     def _bind(cls, realm: Realm, pk: Value) -> Model:
