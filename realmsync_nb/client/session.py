@@ -73,6 +73,12 @@ __all__ = ["CONNECTION_TRANSITIONS", "SESSION_TRANSITIONS", "Session"]
 logger = logging.getLogger("realmsync_nb.session")
 T = TypeVar("T")
 
+# DOWNLOADs up to this size are integrated on the sync thread's event loop itself
+# when no local write holds the file (a few hundred microseconds of SQLite at most);
+# larger ones, or any that would wait for a user's transaction, go to the session's
+# database worker so the loop keeps serving heartbeats and the other sessions.
+INLINE_INTEGRATE_BYTES = 64 * 1024
+
 SS, CS = SessionState, ConnectionState
 # (state, event) -> next state; events not listed leave the state as it is.
 SESSION_TRANSITIONS: dict[tuple[SessionState, str], SessionState] = {
@@ -855,9 +861,13 @@ class Session:
         if bodies or msg.download_cursor > self._download_cursor:
             ack = max(msg.upload_ack, self._upload_ack)
             try:
-                result = await self._in_db(
-                    lambda: self._file.integrate(msg.download_cursor, bodies, ack)
-                )
+                result = None
+                if sum(map(len, bodies)) <= INLINE_INTEGRATE_BYTES:
+                    result = self._file.try_integrate(msg.download_cursor, bodies, ack)
+                if result is None:
+                    result = await self._in_db(
+                        lambda: self._file.integrate(msg.download_cursor, bodies, ack)
+                    )
             except DecodeError as exc:
                 raise ProtocolError(
                     f"the server sent a bad changeset: {exc}", code=ErrorCode.BAD_CHANGESET

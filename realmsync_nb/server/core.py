@@ -91,10 +91,13 @@ class SyncServerCore:
         except ConnectionClosed:
             pass
 
-    def changes_committed(self) -> None:
-        """New history: wake every sender (the writer's own sends its acknowledgement)."""
+    def changes_committed(self, writer: ServerSession) -> None:
+        """New history: wake every sender, the writer's own (its acknowledgement) last,
+        so the changes reach the other devices first."""
         for s in self.sessions:
-            s.wake()
+            if s is not writer:
+                s.wake()
+        writer.wake()
 
     # -- auth ---------------------------------------------------------------------
 
@@ -360,7 +363,7 @@ class ServerSession:
             batch.append((u.client_version, cs, u.body))
         if batch:
             self.acked = self.storage.integrate(self.client_id, batch)
-            self.core.changes_committed()
+            self.core.changes_committed(self)
         else:
             self.wake()  # re-acknowledge duplicates
 
