@@ -189,7 +189,7 @@ class Realm:
             raise
         self._txn = None
         if txn.commit() is not None:
-            self._session._local_commit(txn.parts)
+            self._session._local_commit(txn.parts, txn.bodies)
 
     def add(self, obj: M, update: bool = False) -> M:
         """Add an unmanaged object (or upsert with ``update=True``); returns the managed one.

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +80,12 @@ T = TypeVar("T")
 # larger ones, or any that would wait for a user's transaction, go to the session's
 # database worker so the loop keeps serving heartbeats and the other sessions.
 INLINE_INTEGRATE_BYTES = 64 * 1024
+# Small commits' bodies kept in memory for the uploader, at most (beyond that, e.g.
+# while paused, the uploader reads them back from the history).
+MAX_HANDED = 4096
+# Seconds acknowledgements wait before they are stored, so a stream of UPLOADs
+# costs one file transaction per interval instead of one per acknowledgement.
+ACK_STORE_DELAY = 0.05
 
 SS, CS = SessionState, ConnectionState
 # (state, event) -> next state; events not listed leave the state as it is.
@@ -189,6 +197,10 @@ class Session:
         self._download_cursor = 0
         self._commit_lock = threading.Lock()
         self._commits: list[tuple[int, int]] = []  # (client version, bytes) not yet seen
+        self._handed: dict[int, bytes] = {}  # bodies of small commits, under _commit_lock
+        # Bodies not yet sent, by client version (sync thread only); the uploader
+        # sends from here when it can and reads the history otherwise.
+        self._unsent: dict[int, bytes] = {}
         self._commit_queued = False
 
     # -- public API ---------------------------------------------------------------
@@ -441,6 +453,12 @@ class Session:
                 except (concurrent.futures.TimeoutError, RuntimeError):
                     pass
         self._db.shutdown(wait=True)
+        if self._stored_ack < self._upload_ack and not self._file.closed:
+            # The flusher was cancelled: store the last acknowledgement now, so the
+            # next open does not re-send what the server already has.
+            with contextlib.suppress(sqlite3.Error):
+                self._file.acknowledge(self._upload_ack)
+                self._stored_ack = self._upload_ack
 
     def _transition(self, event: str) -> bool:
         nxt = SESSION_TRANSITIONS.get((self._state, event))
@@ -659,14 +677,19 @@ class Session:
         for reg in [r for r in self._progress if r.direction is direction]:
             self._report(reg)
 
-    def _local_commit(self, parts: list[tuple[int, int]]) -> None:
-        """Called by Realm after a local commit of changesets ``(client version, bytes)``.
+    def _local_commit(
+        self, parts: list[tuple[int, int]], bodies: dict[int, bytes] | None = None
+    ) -> None:
+        """Called by Realm after a local commit of changesets ``(client version, bytes)``
+        (with their ``bodies`` when the transaction was small).
 
         Commits that arrive while a notification is still queued join it: a tight
         write loop wakes the sync thread once per batch, not once per commit.
         """
         with self._commit_lock:
             self._commits.extend(parts)
+            if bodies and len(self._handed) < MAX_HANDED:
+                self._handed.update(bodies)
             if self._commit_queued:
                 return
             self._commit_queued = True
@@ -676,8 +699,11 @@ class Session:
     def _apply_commits(self) -> None:
         with self._commit_lock:
             commits, self._commits, self._commit_queued = self._commits, [], False
+            handed, self._handed = self._handed, {}
         if not commits or self._state is SS.INACTIVE:
             return
+        if len(self._unsent) < MAX_HANDED:
+            self._unsent.update(handed)
         pending = self._pending_sizes
         for version, nbytes in commits:
             if pending and version < pending[-1][0]:  # two threads' commits, reordered
@@ -924,6 +950,10 @@ class Session:
         """Write acknowledgements to the file, one transaction for all that arrived
         while the previous one was written (a fast uploader gets one per UPLOAD)."""
         while self._stored_ack < self._upload_ack:
+            # Gather the acknowledgements of a busy moment into one transaction: the
+            # file may lag the server by this much, which costs nothing (a re-sent
+            # changeset is acknowledged again, not applied) and is caught up at close.
+            await asyncio.sleep(ACK_STORE_DELAY)
             target = self._upload_ack
             await self._in_db(functools.partial(self._file.acknowledge, target))
             self._stored_ack = max(self._stored_ack, target)
@@ -933,7 +963,9 @@ class Session:
         max_bytes = self._app.config.upload_batch_bytes
         while True:
             self._upload_wake.clear()
-            batch = self._file.pending_uploads(sent, max_bytes)  # a short read
+            batch = self._handed_batch(sent, max_bytes) or self._file.pending_uploads(
+                sent, max_bytes
+            )  # from memory, or a short read
             if not batch:
                 await self._upload_wake.wait()
                 continue
@@ -949,6 +981,23 @@ class Session:
                 changesets=len(batch),
                 client_version=sent,
             )
+
+    def _handed_batch(self, sent: int, max_bytes: int) -> list[tuple[int, bytes]]:
+        """The changesets after ``sent`` that were handed over in memory, while they
+        follow each other (the history has the rest); forgets those up to ``sent``."""
+        unsent = self._unsent
+        for old in [v for v in unsent if v <= sent]:
+            del unsent[old]
+        out: list[tuple[int, bytes]] = []
+        total = 0
+        version = sent + 1
+        while (body := unsent.get(version)) is not None:
+            if out and total + len(body) > max_bytes:
+                break
+            out.append((version, body))
+            total += len(body)
+            version += 1
+        return out
 
     async def _heartbeat(self, ws: ClientConnection, proto: ClientProtocol) -> None:
         t = self._timeouts

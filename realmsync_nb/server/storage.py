@@ -221,6 +221,8 @@ class SQLiteStorage:
 
     def remaining_bytes(self, client_id: int, after: int) -> int:
         """Exact bytes of changesets after ``after`` that ``client_id`` has yet to receive."""
+        if after >= self._latest:  # caught up: the usual case once a session is live
+            return 0
         c = self.conn
         cum_after = c.execute(
             "SELECT cum_size FROM _history WHERE server_version <= ? "

@@ -315,17 +315,19 @@ class RealmFile:
             for cs in decoded:
                 changed += self.sync_objects.apply_changeset(cs)
             acked, acked_bytes = self._record_ack(c, upload_ack)
+            with self._clock_lock:
+                for cs in decoded:
+                    self.clock.observe(cs.ts)
+                hlc = self.clock.last
+            # The cursor, the byte counter and the clock, in one statement.
             c.execute(
-                "UPDATE _meta SET value=max(value, ?) WHERE key='download_cursor'",
-                (download_cursor,),
+                "UPDATE _meta SET value = CASE key "
+                "WHEN 'download_cursor' THEN max(value, ?) "
+                "WHEN 'downloaded_bytes' THEN value + ? "
+                "ELSE max(value, ?) END "
+                "WHERE key IN ('download_cursor', 'downloaded_bytes', 'hlc')",
+                (download_cursor, nbytes, hlc),
             )
-            if nbytes:
-                c.execute("UPDATE _meta SET value=value+? WHERE key='downloaded_bytes'", (nbytes,))
-            if decoded:
-                with self._clock_lock:
-                    for cs in decoded:
-                        self.clock.observe(cs.ts)
-                    c.execute("UPDATE _meta SET value=? WHERE key='hlc'", (self.clock.last,))
         return IntegrateResult(len(decoded), nbytes, changed, int(acked), int(acked_bytes))
 
     def acknowledge(self, upload_ack: int) -> tuple[int, int]:
@@ -418,6 +420,9 @@ class LocalTransaction:
         self.done = False
         self.body_size = 0  # bytes of the committed changeset(s)
         self.parts: list[tuple[int, int]] = []  # (client version, bytes) per changeset
+        # The bodies too, while the transaction is small: the session uploads them
+        # from memory instead of reading them back (see Session._local_commit).
+        self.bodies: dict[int, bytes] | None = {}
         self._last_ts = 0
 
     def _set_clock(self) -> None:
@@ -606,7 +611,7 @@ class LocalTransaction:
         for table, rows in by_table.items():
             keys, *columns = zip(*rows, strict=True)
             group = NewObjects(table, self.objects.codec(table).field_names, keys, tuple(columns))
-            if all(map(_json_exact, columns)):
+            if len(keys) >= GROUP_MIN_ROWS and all(map(_json_exact, columns)):
                 groups.append(group)
             else:  # NaN or ±inf: JSON would not keep a NaN's bits; the tagged form does
                 loose.extend(group.instructions())
@@ -622,6 +627,11 @@ class LocalTransaction:
             version = c.execute("INSERT INTO _history (body) VALUES (?)", (body,)).lastrowid
             assert version is not None
             self.parts.append((version, len(body)))
+            if self.bodies is not None:
+                self.bodies[version] = body
+                if self.body_size + len(body) > HANDOFF_BYTES:
+                    self.bodies = None
+            self.body_size += len(body)
         self._last_ts = self.clock[0]
         self._touched.clear()
         self._new.clear()
@@ -637,7 +647,6 @@ class LocalTransaction:
         try:
             self._write_part()
             if self.parts:
-                self.body_size = sum(n for _, n in self.parts)
                 c.execute(
                     "UPDATE _meta SET value = CASE key WHEN 'hlc' THEN max(value, ?) "
                     "ELSE value + ? END WHERE key IN ('hlc', 'uploadable_bytes')",
@@ -647,6 +656,7 @@ class LocalTransaction:
         except BaseException:
             c.execute("ROLLBACK")
             self.parts.clear()
+            self.bodies = None
             raise
         finally:
             self.file.active = None
@@ -680,6 +690,13 @@ class LocalTransaction:
 MAX_CHANGESET_BYTES = 4 * 1024 * 1024
 # Objects a transaction gathers before writing them out as a part (see _write_part).
 FLUSH_OBJECTS = 20_000
+# A committed transaction whose changesets total at most this many bytes hands them
+# to the session in memory (the usual small write); a larger one is read back from
+# the history when it is uploaded, so a huge transaction is never held twice.
+HANDOFF_BYTES = 64 * 1024
+# Fewer new objects of a table than this travel as instructions: a group's JSON
+# costs more than it saves for a handful of rows (the usual small transaction).
+GROUP_MIN_ROWS = 16
 # New objects a transaction inserts into a table one by one before it starts to
 # defer and batch the inserts of keys that provably have no row (see _try_new).
 DEFER_AFTER = 64
