@@ -47,8 +47,8 @@ from ..protocol.changeset import (
     pk_key,
 )
 from ..protocol.messages import MAX_MESSAGE_SIZE
-from ..protocol.schema import FieldSchema, TableSchema, Value, check_value
-from .objects import ObjectTables, clock_to_sql, schema_from_json, schema_json
+from ..protocol.schema import FieldSchema, TableSchema, Value, ValueType, check_value
+from .objects import ObjectTables, clock_to_sql, float_to_sql, schema_from_json, schema_json
 
 __all__ = ["FileProgress", "IntegrateResult", "LocalTransaction", "RealmFile"]
 
@@ -149,6 +149,13 @@ class RealmFile:
                 for name, t in self.schema.items()
                 if t.primary_key.type in BULK_KEY_TYPES
                 and all(f.type in BULK_TYPES for f in t.fields[1:])
+            }
+            # Per bulk table, the positions of its float fields in such a row.
+            self.float_columns = {
+                name: frozenset(
+                    i for i, f in enumerate(self.schema[name].fields) if f.type is ValueType.FLOAT
+                )
+                for name in self.bulk_tables
             }
             self.sync_objects = ObjectTables(self.sync_conn, self.schema.values())
             self.client_id = int(self.get_meta("client_id"))
@@ -515,16 +522,20 @@ class LocalTransaction:
         key = (table, (type(pk), pk))  # pk_key(pk), inline
         if key in self._new or key in self._touched or key in self._read:
             return False
+        stored: tuple[Any, ...] = (*row, self._created)
+        floats = self.file.float_columns[table]
+        if any(row[i] != row[i] for i in floats):  # NaN, which SQLite would store as NULL
+            stored = tuple(float_to_sql(v) if i in floats else v for i, v in enumerate(stored))
         if table in self._ranges:
             held = self._ranges[table]
             if held is None or pk < held[0] or pk > held[1]:
-                self._pending.setdefault(table, []).append((*row, self._created))
+                self._pending.setdefault(table, []).append(stored)
                 self._new[key] = (table, row)
                 if len(self._new) + len(self._touched) >= FLUSH_OBJECTS:
                     self._write_part()
                 return True
         try:
-            self.objects.conn.execute(self._insert_new[table], (*row, self._created))
+            self.objects.conn.execute(self._insert_new[table], stored)
         except sqlite3.IntegrityError:  # the key has a row: an update, or a re-create
             return False
         n = self._direct.get(table, 0) + 1
