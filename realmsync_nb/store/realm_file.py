@@ -622,7 +622,8 @@ class LocalTransaction:
         for table, rows in by_table.items():
             keys, *columns = zip(*rows, strict=True)
             group = NewObjects(table, self.objects.codec(table).field_names, keys, tuple(columns))
-            if len(keys) >= GROUP_MIN_ROWS and all(map(_json_exact, columns)):
+            floats = self.file.float_columns[table]
+            if len(keys) >= GROUP_MIN_ROWS and all(_finite(columns[i - 1]) for i in floats):
                 groups.append(group)
             else:  # NaN or ±inf: JSON would not keep a NaN's bits; the tagged form does
                 loose.extend(group.instructions())
@@ -734,10 +735,12 @@ def split_encode(
     ]
 
 
-def _json_exact(column: tuple[Value, ...]) -> bool:
-    """Whether JSON carries every value of a group's column exactly (not NaN or ±inf)."""
-    floats = [v for v in column if type(v) is float]
-    return not floats or all(map(math.isfinite, floats))
+def _finite(column: tuple[Value, ...]) -> bool:
+    """Whether a float column holds no NaN or ±inf (JSON cannot carry them exactly)."""
+    try:
+        return all(map(math.isfinite, column))  # type: ignore[arg-type]
+    except TypeError:  # None in an optional column
+        return all(math.isfinite(v) for v in column if v is not None)  # type: ignore[arg-type]
 
 
 def _default(f: FieldSchema) -> Value:

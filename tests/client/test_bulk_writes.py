@@ -158,3 +158,25 @@ def test_a_rolled_back_bulk_transaction_leaves_nothing(open_realm: OpenRealm) ->
     with a.write():  # and the next transaction starts clean
         a.add(Reading(id=1))
     assert len(a.all(Reading)) == 1
+
+
+class Sample(rs.Model):
+    id: str = rs.primary_key()
+    reading: float | None = None
+
+
+@pytest.mark.parametrize(("odd", "grouped"), [(None, True), (1.5, True), (math.inf, False)])
+def test_an_optional_float_column_with_nones_still_groups_unless_not_finite(
+    open_realm: OpenRealm, odd: float | None, grouped: bool
+) -> None:
+    a, b = open_realm("A", models=(Sample,)), open_realm("B", models=(Sample,))
+    a.sync_session.pause()
+    with a.write():
+        for i in range(N):
+            a.add(Sample(id=f"s{i:04d}", reading=odd if i == 5 else (None if i % 2 else i / 4)))
+    cs = decode_changeset(history(a)[0])
+    assert bool(cs.groups) is grouped and cs.object_count == N
+    a.sync_session.resume()
+    synced(a, b)
+    assert b.snapshot() == a.snapshot()
+    assert b.find(Sample, "s0005").reading == odd  # type: ignore[union-attr]
