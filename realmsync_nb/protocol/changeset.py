@@ -479,11 +479,10 @@ def _name(names: list[str], idx: int) -> str:
 def validate_changeset(cs: Changeset, schema: Mapping[str, TableSchema]) -> str | None:
     """Return why ``cs`` breaks ``schema`` (first problem found), or None."""
     seen: set[tuple[str, object]] = set()
-    if cs.groups:
+    if cs.groups:  # groups are checked as wholes, including against the instructions
         problem = _validate_groups(cs, schema)
         if problem is not None:
             return problem
-        seen = {(g.table, k) for g in cs.groups for k in g.keys}
     fast: dict[str, dict[str, tuple[type, bool]]] = {}
     for ins in cs.instructions:
         table = schema.get(ins.table)
