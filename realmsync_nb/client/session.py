@@ -80,9 +80,9 @@ T = TypeVar("T")
 # larger ones, or any that would wait for a user's transaction, go to the session's
 # database worker so the loop keeps serving heartbeats and the other sessions.
 INLINE_INTEGRATE_BYTES = 64 * 1024
-# Small commits' bodies kept in memory for the uploader, at most (beyond that, e.g.
-# while paused, the uploader reads them back from the history).
-MAX_HANDED = 4096
+# Bytes of small commits' bodies kept in memory for the uploader, at most (beyond
+# that, e.g. while paused or offline, the uploader reads them from the history).
+MAX_HANDED_BYTES = 4 * 1024 * 1024
 # Seconds acknowledgements wait before they are stored, so a stream of UPLOADs
 # costs one file transaction per interval instead of one per acknowledgement.
 ACK_STORE_DELAY = 0.05
@@ -198,9 +198,11 @@ class Session:
         self._commit_lock = threading.Lock()
         self._commits: list[tuple[int, int]] = []  # (client version, bytes) not yet seen
         self._handed: dict[int, bytes] = {}  # bodies of small commits, under _commit_lock
+        self._handed_bytes = 0
         # Bodies not yet sent, by client version (sync thread only); the uploader
         # sends from here when it can and reads the history otherwise.
         self._unsent: dict[int, bytes] = {}
+        self._unsent_bytes = 0
         self._commit_queued = False
 
     # -- public API ---------------------------------------------------------------
@@ -688,8 +690,9 @@ class Session:
         """
         with self._commit_lock:
             self._commits.extend(parts)
-            if bodies and len(self._handed) < MAX_HANDED:
+            if bodies and self._handed_bytes < MAX_HANDED_BYTES:
                 self._handed.update(bodies)
+                self._handed_bytes += sum(map(len, bodies.values()))
             if self._commit_queued:
                 return
             self._commit_queued = True
@@ -699,11 +702,12 @@ class Session:
     def _apply_commits(self) -> None:
         with self._commit_lock:
             commits, self._commits, self._commit_queued = self._commits, [], False
-            handed, self._handed = self._handed, {}
+            handed, self._handed, self._handed_bytes = self._handed, {}, 0
         if not commits or self._state is SS.INACTIVE:
             return
-        if len(self._unsent) < MAX_HANDED:
+        if self._unsent_bytes < MAX_HANDED_BYTES:
             self._unsent.update(handed)
+            self._unsent_bytes += sum(map(len, handed.values()))
         pending = self._pending_sizes
         for version, nbytes in commits:
             if pending and version < pending[-1][0]:  # two threads' commits, reordered
@@ -987,7 +991,7 @@ class Session:
         follow each other (the history has the rest); forgets those up to ``sent``."""
         unsent = self._unsent
         for old in [v for v in unsent if v <= sent]:
-            del unsent[old]
+            self._unsent_bytes -= len(unsent.pop(old))
         out: list[tuple[int, bytes]] = []
         total = 0
         version = sent + 1

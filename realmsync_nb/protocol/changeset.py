@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import json
+import math
 import struct
 import time
 import uuid
@@ -100,12 +101,16 @@ class NewObjects:
     def instructions(self) -> Iterator[Instruction]:
         """The group as one CREATE instruction per object."""
         fields = self.fields
+        if not fields:  # a table with a key only: zip() of no columns would be empty
+            for key in self.keys:
+                yield Instruction(Op.CREATE, self.table, key, ())
+            return
         for key, row in zip(self.keys, zip(*self.columns, strict=True), strict=True):
             yield Instruction(Op.CREATE, self.table, key, tuple(zip(fields, row, strict=True)))
 
-    def split(self) -> tuple[NewObjects, NewObjects]:
-        """The first and second half of the rows, as two groups."""
-        h = len(self.keys) // 2
+    def split(self, at: int | None = None) -> tuple[NewObjects, NewObjects]:
+        """The rows before ``at`` (default: half of them) and the rest, as two groups."""
+        h = len(self.keys) // 2 if at is None else at
         first = NewObjects(
             self.table, self.fields, self.keys[:h], tuple(c[:h] for c in self.columns)
         )
@@ -287,7 +292,8 @@ def encode_changeset(cs: Changeset) -> bytes:
                     idx = names[name] = len(names)
                 _put_uint(body, idx)
                 _put_value(body, value)
-    _put_uint(body, len(cs.groups))
+    if cs.groups:  # without groups the changeset is written in format 1, byte for byte
+        _put_uint(body, len(cs.groups))
     for g in cs.groups:
         for name in (g.table, *g.fields):
             if name not in names:
@@ -300,7 +306,7 @@ def encode_changeset(cs: Changeset) -> bytes:
         payload = json.dumps((g.keys, *g.columns), separators=(",", ":")).encode()
         _put_uint(body, len(payload))
         body += payload
-    out = bytearray((CHANGESET_FORMAT,))
+    out = bytearray((CHANGESET_FORMAT if cs.groups else 1,))
     _put_uint(out, cs.ts)
     _put_uint(out, cs.origin)
     _put_uint(out, len(names))
@@ -463,6 +469,16 @@ def _decode_groups(data: bytes, pos: int, names: list[str]) -> tuple[tuple[NewOb
                 ints = c if len(kinds) == 1 else [v for v in c if type(v) is int]
                 if min(ints) < -(1 << 63) or max(ints) >= 1 << 63:
                     raise DecodeError("integer value out of 64-bit range")
+            if float in kinds:  # 1e400 parses as inf; a group never carries one
+                floats = c if len(kinds) == 1 else [v for v in c if type(v) is float]
+                if not all(map(math.isfinite, floats)):
+                    raise DecodeError(f"group of {table}: a float is not finite")
+            if str in kinds:  # JSON can spell lone surrogates (\ud800); UTF-8 cannot
+                strs = c if len(kinds) == 1 else [v for v in c if type(v) is str]
+                try:
+                    "".join(strs).encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise DecodeError(f"invalid UTF-8 string: {exc.reason}") from None
         groups.append(NewObjects(table, tuple(fields), tuple(cols[0]), tuple(map(tuple, cols[1:]))))
     return tuple(groups), pos
 

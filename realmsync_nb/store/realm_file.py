@@ -474,7 +474,7 @@ class LocalTransaction:
             # The hot path of a bulk write: a Model's values (checked, every field).
             row = tuple(map(values.get, bulk))
             pk = row[0]
-            if pk is not None and self._try_new(table, pk, row):
+            if (type(pk) is int or type(pk) is str) and self._try_new(table, pk, row):
                 return pk
         schema = self.file.schema.get(table)
         if schema is None:
@@ -487,6 +487,10 @@ class LocalTransaction:
         if not checked:
             self._check(table, values)
         pk = values[pkf.name]
+        plain = _plain_key(pk)
+        if plain is not pk:  # an IntEnum or StrEnum key is its int or str: one object
+            values = {**values, pkf.name: plain}
+            pk = plain
         if bulk is not None:
             row = tuple([pk, *[values.get(f.name, _default(f)) for f in schema.fields[1:]]])
             if self._try_new(table, pk, row):
@@ -727,12 +731,41 @@ def split_encode(
     objects = len(instructions) + sum(len(g) for g in groups)
     if len(body) <= limit or objects < 2:
         return [body]
-    h = len(instructions) // 2
-    halves = [g.split() for g in groups]
+    # The first half of the objects (instructions, then group rows) and the rest:
+    # each side holds at least one object, so every step makes progress.
+    take = objects // 2
+    first_ins, rest_ins = instructions[:take], instructions[take:]
+    take -= len(first_ins)
+    first_groups: list[NewObjects] = []
+    rest_groups: list[NewObjects] = []
+    for g in groups:
+        if take >= len(g):
+            first_groups.append(g)
+            take -= len(g)
+        elif take > 0:
+            a, b = g.split(take)
+            first_groups.append(a)
+            rest_groups.append(b)
+            take = 0
+        else:
+            rest_groups.append(g)
     return [
-        *split_encode(clock, instructions[:h], limit, [a for a, _ in halves]),
-        *split_encode(clock, instructions[h:], limit, [b for _, b in halves]),
+        *split_encode(clock, first_ins, limit, first_groups),
+        *split_encode(clock, rest_ins, limit, rest_groups),
     ]
+
+
+def _plain_key(pk: Value) -> Value:
+    """``pk`` as exactly an int or a str when it is a subclass of one (an enum member):
+    keys are compared by type and value within a transaction, and stored plain."""
+    t = type(pk)
+    if t is int or t is str or t is bool:
+        return pk
+    if isinstance(pk, int):
+        return int.__int__(pk)
+    if isinstance(pk, str):
+        return str.__str__(pk)
+    return pk
 
 
 def _finite(column: tuple[Value, ...]) -> bool:

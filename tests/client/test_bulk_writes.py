@@ -9,6 +9,7 @@ names it, and the other device ends with exactly the same objects.
 
 from __future__ import annotations
 
+import enum
 import math
 import sqlite3
 import struct
@@ -180,3 +181,60 @@ def test_an_optional_float_column_with_nones_still_groups_unless_not_finite(
     synced(a, b)
     assert b.snapshot() == a.snapshot()
     assert b.find(Sample, "s0005").reading == odd  # type: ignore[union-attr]
+
+
+class Word(rs.Model):
+    id: str = rs.primary_key()
+    n: int = 0
+
+
+class Colour(enum.StrEnum):
+    RED = "zzz-red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 10**9
+
+
+class Slot(rs.Model):
+    id: int = rs.primary_key()
+
+
+def test_an_enum_key_and_its_plain_value_are_one_object(open_realm: OpenRealm) -> None:
+    """A StrEnum member equal to "zzz-red" names the same object as the str itself,
+    inside a transaction too, where inserts of such keys are deferred."""
+    a = open_realm("A", models=(Word, Slot))
+    with a.write():
+        for i in range(N):
+            a.add(Word(id=f"k{i:04d}"))
+            a.add(Slot(id=i))
+        a.add(Word(id=Colour.RED, n=1))
+        with pytest.raises(rs.ValidationError, match="already exists"):
+            a.add(Word(id="zzz-red"))
+        a.add(Word(id="zzz-red", n=2), update=True)
+        a.add(Slot(id=Level.HIGH))
+        with pytest.raises(rs.ValidationError, match="already exists"):
+            a.add(Slot(id=10**9))
+    got = a.find(Word, "zzz-red")
+    assert got is not None and got.n == 2 and type(got.id) is str
+    assert len(a.all(Word)) == N + 1 and len(a.all(Slot)) == N + 1
+
+
+class Tag(rs.Model):
+    id: str = rs.primary_key()
+
+
+def test_key_only_objects_created_on_both_devices_converge(open_realm: OpenRealm) -> None:
+    """Both devices create the same 20 tags (groups without fields); the second
+    device's group meets rows that exist and takes the per-object path."""
+    a, b = open_realm("A", models=(Tag,)), open_realm("B", models=(Tag,))
+    b.sync_session.pause()
+    for realm in (a, b):
+        with realm.write():
+            for i in range(20):
+                realm.add(Tag(id=f"t{i}"))
+    a.sync_session.wait_for_upload().result(T(10))
+    b.sync_session.resume()
+    synced(b, a)
+    b.sync_session.wait_for_download().result(T(10))
+    assert a.snapshot() == b.snapshot() and len(a.all(Tag)) == 20

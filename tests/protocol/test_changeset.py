@@ -203,7 +203,7 @@ def test_known_encoding() -> None:
     cs = Changeset(5, 7, (Instruction(Op.UPDATE, "T", 1, (("a", True),)),))
     assert encode_changeset(cs) == bytes(
         [
-            CHANGESET_FORMAT,
+            1,  # format 1: a changeset without NewObjects groups is written as before
             5,  # ts
             7,  # origin
             2,  # string table: 2 names
@@ -216,7 +216,6 @@ def test_known_encoding() -> None:
             1,  # one value
             1,  # field = names[1]
             5,  # TRUE tag
-            0,  # no NewObjects groups
         ]
     )  # fmt: skip
 

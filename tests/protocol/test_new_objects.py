@@ -149,6 +149,9 @@ def test_raw_group_helper_builds_a_valid_changeset() -> None:
         (_raw_group(b'[[-9223372036854775809],["a"]]'), "64-bit range"),
         (_raw_group(b"[[1" + b"0" * 5000 + b'],["a"]]'), "malformed group"),
         (_raw_group(b"[[1],[NaN]]"), "NaN is not allowed"),
+        (_raw_group(b"[[1],[1e400]]"), "not finite"),
+        (_raw_group(b'[[1],["a\\ud800"]]'), "invalid UTF-8"),
+        (_raw_group(b'[["\\udfff"],["a"]]'), "invalid UTF-8"),
         (_raw_group(b"[[1],[-Infinity]]"), "-Infinity is not allowed"),
         (_raw_group(b'[[1],["a"]]')[:-3], "truncated group"),
         (_raw_group(b'[[1],["a"]]', n_fields=2**40), "field count larger"),
@@ -225,3 +228,20 @@ def test_json_in_the_payload_is_compact_and_exact() -> None:
     assert json.loads(payload) == [[1], ["é"], [None], [0.1], [False]]
     assert b" " not in payload
     assert math.isclose(json.loads(payload)[3][0], 0.1)
+
+
+def test_a_changeset_without_groups_is_written_in_format_1() -> None:
+    """So a reader that knows format 1 only still reads every changeset that has no
+    groups (all small transactions)."""
+    plain = encode_changeset(Changeset(1, 2, (Instruction(Op.DELETE, "Row", 5),)))
+    assert plain[0] == 1
+    assert encode_changeset(_cs(GOOD))[0] == 2
+
+
+def test_a_key_only_group_expands_to_creates_without_values() -> None:
+    g = NewObjects("Tag", (), ("a", "b"), ())
+    assert list(g.instructions()) == [
+        Instruction(Op.CREATE, "Tag", "a", ()),
+        Instruction(Op.CREATE, "Tag", "b", ()),
+    ]
+    assert decode_changeset(encode_changeset(_cs(g))).groups == (g,)

@@ -405,6 +405,14 @@ SYNC_CASES = [
         "appears twice",
     ),
     (
+        "a group with a lone surrogate in a string",
+        after_bind(
+            lambda c, ws: ws.send(upload((1, group_body(("title",), ("g1",), (("\ud800",),)))))
+        ),
+        E.BAD_CHANGESET,
+        "invalid UTF-8",
+    ),
+    (
         "a group with a column too short",
         after_bind(
             lambda c, ws: ws.send(upload((1, group_body(("title",), ("g1", "g2"), (("a",),)))))

@@ -369,3 +369,14 @@ def test_a_group_for_a_table_outside_the_schema_is_ignored(conn: sqlite3.Connect
     g = NewObjects("Other", ("x",), (1,), ((2,),))
     assert tables.apply_changeset(Changeset(1, 1, (), (g,))) == 0
     assert tables.snapshot() == {"Item": {}}
+
+
+def test_a_key_only_group_falls_back_when_an_object_exists(conn: sqlite3.Connection) -> None:
+    """A model with a primary key only sends groups without fields; when one of its
+    objects already has a row, the per-object fallback must still expand them."""
+    tag = TableSchema("Tag", (FieldSchema("id", VT.STR, primary_key=True),))
+    tables = ObjectTables(conn, [tag])
+    tables.apply_changeset(Changeset(1, 7, (Instruction(Op.CREATE, "Tag", "a", ()),)))
+    g = NewObjects("Tag", (), tuple("abcdefghijklmnopq"), ())
+    assert tables.apply_changeset(Changeset(2, 8, (), (g,))) == 17  # "a" re-created at 2
+    assert sorted(tables.snapshot()["Tag"]) == list("abcdefghijklmnopq")

@@ -467,3 +467,20 @@ def test_changing_a_stored_model_raises_schema_error_and_leaves_the_file_usable(
     extra = TableSchema("Extra", (FieldSchema("id", ValueType.INT, primary_key=True),))
     h = open_file(os.path.basename(path), {**SCHEMA, "Extra": extra})  # new models are fine
     assert h.snapshot() == {"Extra": {}, "Note": {}, "Task": tasks}
+
+
+def test_split_encode_ends_when_one_object_alone_is_over_the_limit() -> None:
+    """An object bigger than the part limit goes alone; the rest still splits (this
+    used to recurse for ever when the part also held a group)."""
+    from realmsync_nb.protocol.changeset import NewObjects
+    from realmsync_nb.store.realm_file import split_encode
+
+    big = Instruction(Op.CREATE, "Row", 99, (("name", "x" * 200),))
+    rows = NewObjects("Row", ("name",), tuple(range(40)), (("y" * 20,) * 40,))
+    bodies = split_encode((1, 7), [big], 220, [rows])
+    decoded = [decode_changeset(b) for b in bodies]
+    assert sorted(i.pk for cs in decoded for i in cs.all_instructions()) == [*range(40), 99]
+    assert all(len(b) <= 220 or decode_changeset(b).object_count == 1 for b in bodies)
+    one = NewObjects("Row", ("name",), (1,), (("z" * 50,),))
+    two = NewObjects("Row", ("name",), (2,), (("z" * 50,),))
+    assert len(split_encode((1, 7), [], 60, [one, two])) == 2
