@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
+import random
 import sqlite3
 import struct
 
@@ -238,3 +239,60 @@ def test_key_only_objects_created_on_both_devices_converge(open_realm: OpenRealm
     synced(b, a)
     b.sync_session.wait_for_download().result(T(10))
     assert a.snapshot() == b.snapshot() and len(a.all(Tag)) == 20
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_transactions_match_a_plain_model_and_sync(
+    open_realm: OpenRealm, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Random adds, upserts, duplicates, updates, deletes and reads, with the bulk
+    thresholds made tiny so deferral, groups and parts all happen in small
+    transactions. The realm must match a dict model at every read, refuse exactly
+    the duplicates, and the other device must end identical."""
+    monkeypatch.setattr(realm_file, "DEFER_AFTER", 4)
+    monkeypatch.setattr(realm_file, "GROUP_MIN_ROWS", 2)
+    monkeypatch.setattr(realm_file, "FLUSH_OBJECTS", 23)
+    rnd = random.Random(seed)
+    a, b = open_realm("A", models=(Reading, Word)), open_realm("B", models=(Reading, Word))
+    model: dict[type[rs.Model], dict[object, dict[str, object]]] = {Reading: {}, Word: {}}
+
+    def draw() -> tuple[type[rs.Model], object, dict[str, object]]:
+        if rnd.random() < 0.5:
+            k: object = rnd.randrange(-40, 200)
+            vals = {"label": f"l{rnd.randrange(9)}", "value": rnd.choice([0.5, -1.0, 3.0])}
+            vals |= {"flag": rnd.random() < 0.5, "note": rnd.choice([None, "n"])}
+            return Reading, k, {"id": k, **vals}
+        k = rnd.choice(["", "a", "é", "zz", "Z"]) + str(rnd.randrange(100))
+        return Word, k, {"id": k, "n": rnd.randrange(-5, 5)}
+
+    for _ in range(6):
+        with a.write():
+            for _ in range(rnd.randrange(5, 80)):
+                m, k, vals = draw()
+                known, op = model[m], rnd.random()
+                if op < 0.55:
+                    upsert = rnd.random() < 0.3
+                    if k in known and not upsert:
+                        with pytest.raises(rs.ValidationError, match="already exists"):
+                            a.add(m(**vals))
+                    else:
+                        a.add(m(**vals), update=upsert)
+                        known[k] = vals
+                elif op < 0.8:
+                    obj = a.find(m, k)
+                    assert (obj is not None) == (k in known)
+                    if obj is not None and op < 0.7:
+                        field, new = ("label", "changed") if m is Reading else ("n", 99)
+                        setattr(obj, field, new)
+                        known[k] = {**known[k], field: new}
+                    elif obj is not None:
+                        a.delete(obj)
+                        del known[k]
+                elif op < 0.9:
+                    assert len(a.all(m)) == len(known)
+                else:
+                    assert a.snapshot().get(m.__name__, {}) == known
+        for m, known in model.items():
+            assert a.snapshot().get(m.__name__, {}) == known
+    synced(a, b)
+    assert b.snapshot() == a.snapshot()
