@@ -75,8 +75,10 @@ def plan(quick: bool, repeats: int | None = None) -> list[Case]:
         Case(3, "latency", 500, repeats=r),
         Case(4, "catch_up", 100_000, repeats=big, timeout=240),
         Case(5, "idle", 1_000, repeats=1, timeout=180),
-        Case(6, "each", 10_000, (OURS,), repeats=r, variant="none"),
-        Case(6, "observed", 10_000, (OURS,), repeats=r, variant="observed"),
+        # Scenario 1 at 10k varies by ±15 % from run to run on this machine, more than
+        # the 5 % being measured: more repeats (alternating) steady the medians.
+        Case(6, "each", 10_000, (OURS,), repeats=max(r, 7), variant="none"),
+        Case(6, "observed", 10_000, (OURS,), repeats=max(r, 7), variant="observed"),
     ]
 
 

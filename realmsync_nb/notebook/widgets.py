@@ -83,7 +83,9 @@ class SessionWidget:
         self._synced_with_events = False
         self._header = HeaderView(session.name, session.state.value, session.connection_state.value)
         self._progress = {d: ProgressModel(d) for d in ("upload", "download")}
-        self._tail: deque[str] = deque(maxlen=tail)
+        # The newest events for the tail panel; formatted only when the panel is
+        # rendered (at most ``max_rate`` times a second), not once per event.
+        self._tail: deque[SyncEvent] = deque(maxlen=tail)
         self._tail_exclude = frozenset(tail_exclude)
         self._waits: set[Future[None]] = set()
 
@@ -155,16 +157,15 @@ class SessionWidget:
             progress = None
             if kind == EventKind.PROGRESS and event.direction in self._progress:
                 progress = self._progress[event.direction].update(event)
-            tail = None
-            if kind not in self._tail_exclude:
-                self._tail.append(tail_line(event))
-                tail = tuple(self._tail)
+            tail = kind not in self._tail_exclude
+            if tail:
+                self._tail.append(event)
         if header_changed:
             self._throttles["header"](header)
         if progress is not None:
             self._throttles[progress.direction](progress)
-        if tail is not None:
-            self._throttles["tail"](tail)
+        if tail:
+            self._throttles["tail"](None)
 
     def _synced_header(self) -> HeaderView:
         """The header, re-read from the session the first time we run on the sync thread.
@@ -250,8 +251,10 @@ class SessionWidget:
             bar.bar_style = "success" if view.estimate >= 1.0 else "info"
         self.labels[view.direction].value = view.label
 
-    def _render_tail(self, lines: tuple[str, ...]) -> None:
-        self.tail.value = tail_html(lines)
+    def _render_tail(self, _: None) -> None:
+        with self._lock:
+            events = tuple(self._tail)
+        self.tail.value = tail_html(tuple(tail_line(e) for e in events))
 
     def flush(self) -> None:
         """Show every throttled update now (instead of at the end of its interval)."""
@@ -356,7 +359,7 @@ class SessionWidget:
         with self._lock:
             header = self._header
             views = [m.view for m in self._progress.values()]
-            last = self._tail[-1] if self._tail else None
+            last = tail_line(self._tail[-1]) if self._tail else None
         lines = [f"Session {header.name}: {header.state}, {header.connection}"]
         if header.problem:
             lines[0] += f" ({header.problem})"

@@ -278,3 +278,28 @@ def test_storage_is_compact(two_devices: list[SyncEvent]) -> None:
         if not isinstance(buffer, list)
     )
     assert size / len(log) < 150
+
+
+@pytest.mark.parametrize("max_events", [None, 300, 1000])
+def test_staged_events_are_seen_by_every_read_in_order(max_events: int | None) -> None:
+    """Events go into the columns in batches; a read at any point sees all of them,
+    in order, with and without a ring (also across a batch that only partly fits)."""
+    log = EventLog(max_events=max_events)
+    for i in range(1000):
+        log.record(
+            SyncEvent(
+                at(i / 1000),
+                "AB"[i % 2],
+                EventKind.PROGRESS if i % 3 else EventKind.UPLOAD_SENT,
+                bytes=None if i % 3 else i,
+                estimate=i / 1000 if i % 3 else None,
+            )
+        )
+        if i in (0, 99, 500, 999):  # reads in the middle of a batch
+            kept = i + 1 if max_events is None else min(i + 1, max_events)
+            assert len(log) == kept and log.dropped == i + 1 - kept
+            df = log.to_dataframe()
+            first = i + 1 - kept
+            assert list(df["bytes"].fillna(-1)) == [-1 if j % 3 else j for j in range(first, i + 1)]
+            assert df["time"].is_monotonic_increasing
+    assert log.sessions == ["A", "B"]
