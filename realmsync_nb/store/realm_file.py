@@ -566,8 +566,6 @@ class LocalTransaction:
         pending, self._pending = self._pending, {}
         for table, rows in pending.items():
             self.objects.conn.executemany(self._insert_new[table], rows)
-        # The rows just inserted are now in the file, but may lie outside the ranges.
-        self._ranges = {t: self._key_range(t) for t in self._ranges}
 
     def _record(self, ins: Instruction) -> None:
         self.flush_pending()
@@ -652,6 +650,9 @@ class LocalTransaction:
         self._touched.clear()
         self._new.clear()
         self._read.clear()
+        # The keys of this part were proven new by _new and _touched, which are now
+        # empty: read the ranges again, so they cover every row written so far.
+        self._ranges = {t: self._key_range(t) for t in self._ranges}
         self._set_clock()
 
     def commit(self) -> int | None:

@@ -296,3 +296,31 @@ def test_random_transactions_match_a_plain_model_and_sync(
             assert a.snapshot().get(m.__name__, {}) == known
     synced(a, b)
     assert b.snapshot() == a.snapshot()
+
+
+def test_a_key_written_before_a_part_boundary_is_still_a_duplicate_after_it(
+    open_realm: OpenRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new key that took the general path (not the bulk one) lies outside the
+    deferral range; once the transaction writes a part and forgets its per-part
+    bookkeeping, adding that key again must still be refused at add()."""
+    monkeypatch.setattr(realm_file, "DEFER_AFTER", 4)
+    monkeypatch.setattr(realm_file, "FLUSH_OBJECTS", 20)
+    a = open_realm("A", models=(Reading,))
+    with a.write():
+        for i in range(0, 200, 2):
+            a.add(Reading(id=i))
+    with pytest.raises(RuntimeError), a.write():
+        ghost = a.add(Reading(id=1000))  # managed, but its row is rolled back
+        raise RuntimeError
+    with a.write():
+        for i in range(1, 9, 2):  # inside the stored range [0, 198]: inserted at once
+            a.add(Reading(id=i))
+        with pytest.raises(rs.RealmError):
+            a.delete(ghost)  # reads key 1000 (no row): remembered as read
+        a.add(Reading(id=1000))  # so this one takes the general path
+        for i in range(9, 40, 2):  # still inside the range: a part, nothing deferred
+            a.add(Reading(id=i))
+        with pytest.raises(rs.ValidationError, match="already exists"):
+            a.add(Reading(id=1000))
+    assert len(a.all(Reading)) == 100 + 20 + 1
