@@ -414,7 +414,6 @@ class LocalTransaction:
         # (the common case of a large transaction): key -> (table, row of values, key
         # first). Their rows are already inserted; they travel as NewObjects groups.
         self._new: dict[tuple[str, object], tuple[str, tuple[Value, ...]]] = {}
-        self._insert_new = {t: c.insert_new for t, c in self.objects.codecs.items()}
         # Deferred inserts. Once a transaction has inserted DEFER_AFTER new objects in a
         # table one by one, it reads the range of keys the table holds; a new key
         # outside that range (and not in _new) certainly has no row, so its insert
@@ -539,7 +538,7 @@ class LocalTransaction:
                     self._write_part()
                 return True
         try:
-            self.objects.conn.execute(self._insert_new[table], stored)
+            self.objects.conn.execute(self.objects.codecs[table].insert_new, stored)
         except sqlite3.IntegrityError:  # the key has a row: an update, or a re-create
             return False
         n = self._direct.get(table, 0) + 1
@@ -565,7 +564,7 @@ class LocalTransaction:
             return
         pending, self._pending = self._pending, {}
         for table, rows in pending.items():
-            self.objects.conn.executemany(self._insert_new[table], rows)
+            self.objects.conn.executemany(self.objects.codecs[table].insert_new, rows)
 
     def _record(self, ins: Instruction) -> None:
         self.flush_pending()
