@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from realmsync_nb.store.realm_file import last_client_version
 from tests.helpers import T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,8 +145,7 @@ def local_commits(realm_path: str | Path) -> int:
     """How many changesets the realm file ever committed (its last client version)."""
     c = sqlite3.connect(realm_path)
     try:
-        row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = '_history'").fetchone()
-        return int(row[0]) if row else 0
+        return last_client_version(c)
     finally:
         c.close()
 

@@ -86,6 +86,11 @@ MAX_HANDED_BYTES = 4 * 1024 * 1024
 # Seconds acknowledgements wait before they are stored, so a stream of UPLOADs
 # costs one file transaction per interval instead of one per acknowledgement.
 ACK_STORE_DELAY = 0.05
+# Seconds between the sync thread's looks for new local commits while a stream of
+# them goes on: the first look after a wake-up, and the most it doubles to (see
+# Session._look_for_commits). A lone commit wakes the thread immediately.
+COMMIT_POLL_FIRST = 0.0002
+COMMIT_POLL_MAX = 0.002
 
 SS, CS = SessionState, ConnectionState
 # (state, event) -> next state; events not listed leave the state as it is.
@@ -194,7 +199,8 @@ class Session:
         # (client version, bytes) of every unacknowledged local changeset, in order.
         self._pending_sizes: collections.deque[tuple[int, int]] = collections.deque()
         self._ack_flusher: asyncio.Task[None] | None = None
-        self._download_cursor = 0
+        self._download_cursor = 0  # the server version integrated up to (in memory)
+        self._stored_cursor = 0  # ... and as stored in the file
         self._commit_lock = threading.Lock()
         self._commits: list[tuple[int, int]] = []  # (client version, bytes) not yet seen
         self._handed: dict[int, bytes] = {}  # bodies of small commits, under _commit_lock
@@ -203,7 +209,8 @@ class Session:
         # sends from here when it can and reads the history otherwise.
         self._unsent: dict[int, bytes] = {}
         self._unsent_bytes = 0
-        self._commit_queued = False
+        self._commit_queued = False  # a wake-up is queued, or a look is scheduled
+        self._commit_poll = COMMIT_POLL_FIRST
 
     # -- public API ---------------------------------------------------------------
 
@@ -313,6 +320,8 @@ class Session:
         mode = ProgressMode(mode)
 
         def subscribe(sink: StreamSink[SyncProgress]) -> Callable[[], None]:
+            if direction is ProgressDirection.UPLOAD:
+                self._apply_commits()  # count every commit made before this call
             c = self._counters(direction)
             outstanding = (
                 OutstandingView(c) if mode is ProgressMode.FOR_CURRENTLY_OUTSTANDING_WORK else None
@@ -411,6 +420,7 @@ class Session:
         def start() -> None:
             p = self._file.progress()
             self._upload_ack = self._stored_ack = p.upload_cursor
+            self._download_cursor = self._stored_cursor = p.download_cursor
             self._pending_sizes = collections.deque(self._file.pending_sizes(p.upload_cursor))
             self._up = Counters(p.uploaded_bytes, p.uploadable_bytes)
             self._down = Counters(p.downloaded_bytes, p.downloaded_bytes)
@@ -455,12 +465,13 @@ class Session:
                 except (concurrent.futures.TimeoutError, RuntimeError):
                     pass
         self._db.shutdown(wait=True)
-        if self._stored_ack < self._upload_ack and not self._file.closed:
-            # The flusher was cancelled: store the last acknowledgement now, so the
-            # next open does not re-send what the server already has.
+        if self._unstored() and not self._file.closed:
+            # The flusher was cancelled: store the last acknowledgement and cursor now,
+            # so the next open does not re-send what the server already has.
             with contextlib.suppress(sqlite3.Error):
-                self._file.acknowledge(self._upload_ack)
+                self._file.acknowledge(self._upload_ack, self._download_cursor)
                 self._stored_ack = self._upload_ack
+                self._stored_cursor = self._download_cursor
 
     def _transition(self, event: str) -> bool:
         nxt = SESSION_TRANSITIONS.get((self._state, event))
@@ -697,11 +708,32 @@ class Session:
                 return
             self._commit_queued = True
         if self._thread.alive:
-            self._thread.call(self._apply_commits)
+            self._thread.call(self._look_for_commits)
+
+    def _look_for_commits(self, polled: bool = False) -> None:
+        """On the sync thread: take the commits made since the last look.
+
+        While commits keep coming (a write loop), look again shortly instead of being
+        woken by each one: waking this thread costs the writer more than its commit,
+        because the two share the GIL. The wait doubles while each look finds commits
+        (up to COMMIT_POLL_MAX) and ends at the first look that finds none, so a lone
+        write is never held: it wakes the thread at once.
+        """
+        with self._commit_lock:
+            found = bool(self._commits)
+            if found and self._thread.alive:
+                self._commit_poll = (
+                    min(self._commit_poll * 2, COMMIT_POLL_MAX) if polled else COMMIT_POLL_FIRST
+                )
+                self._thread.loop.call_later(self._commit_poll, self._look_for_commits, True)
+            else:
+                self._commit_queued = False
+        if found:
+            self._apply_commits()
 
     def _apply_commits(self) -> None:
         with self._commit_lock:
-            commits, self._commits, self._commit_queued = self._commits, [], False
+            commits, self._commits = self._commits, []
             handed, self._handed, self._handed_bytes = self._handed, {}, 0
         if not commits or self._state is SS.INACTIVE:
             return
@@ -812,8 +844,9 @@ class Session:
         t = self._timeouts
         token = await self._token()
         p = await self._in_db(self._file.progress)
-        proto = ClientProtocol(p.download_cursor, p.upload_cursor, p.latest_client_version)
-        self._download_cursor = p.download_cursor
+        # The cursor in memory may be ahead of the stored one (see _integrate).
+        self._download_cursor = max(p.download_cursor, self._download_cursor)
+        proto = ClientProtocol(self._download_cursor, p.upload_cursor, p.latest_client_version)
         url = self._app.config.base_url.rstrip("/") + "/sync"
         async with asyncio.timeout(t.connect_timeout):
             ws = await connect(
@@ -888,21 +921,34 @@ class Session:
 
     async def _integrate(self, msg: Download) -> None:
         bodies = [c.body for c in msg.changesets]
-        if bodies or msg.download_cursor > self._download_cursor:
+        result = IntegrateResult(0, 0, 0, 0, 0)
+        if not bodies:
+            if msg.download_cursor > self._download_cursor:
+                # Only the server's version moved (past this client's own changesets,
+                # which it does not send back): nothing to apply. The cursor is stored
+                # later, with the acknowledgements (see _store_acks); a reconnect meanwhile
+                # uses the one in memory, and a restart asks for those versions again,
+                # which the server answers with nothing (they are this client's own).
+                self._download_cursor = msg.download_cursor
+                self._schedule_store()
+        else:
             ack = max(msg.upload_ack, self._upload_ack)
             try:
-                result = None
+                inline = None
                 if sum(map(len, bodies)) <= INLINE_INTEGRATE_BYTES:
-                    result = self._file.try_integrate(msg.download_cursor, bodies, ack)
-                if result is None:
-                    result = await self._in_db(
+                    inline = self._file.try_integrate(msg.download_cursor, bodies, ack)
+                result = (
+                    inline
+                    if inline is not None
+                    else await self._in_db(
                         lambda: self._file.integrate(msg.download_cursor, bodies, ack)
                     )
+                )
             except DecodeError as exc:
                 raise ProtocolError(
                     f"the server sent a bad changeset: {exc}", code=ErrorCode.BAD_CHANGESET
                 ) from None
-            self._download_cursor = msg.download_cursor
+            self._download_cursor = self._stored_cursor = msg.download_cursor
             self._stored_ack = max(self._stored_ack, ack)
             if result.changesets:
                 self._emit(
@@ -912,8 +958,6 @@ class Session:
                     server_version=msg.download_cursor,
                     remaining_bytes=msg.remaining_bytes,
                 )
-        else:
-            result = IntegrateResult(0, 0, 0, 0, 0)
         self._acknowledged(msg.upload_ack)
         down = Counters(
             self._down.transferred + result.bytes,
@@ -947,20 +991,28 @@ class Session:
             self._up = Counters(self._up.transferred + nbytes, self._up.transferable)
             self._progress_changed(ProgressDirection.UPLOAD)
         self._check_upload_waiters()
-        if self._stored_ack < ack and (self._ack_flusher is None or self._ack_flusher.done()):
+        self._schedule_store()
+
+    def _unstored(self) -> bool:
+        return self._stored_ack < self._upload_ack or self._stored_cursor < self._download_cursor
+
+    def _schedule_store(self) -> None:
+        if self._unstored() and (self._ack_flusher is None or self._ack_flusher.done()):
             self._ack_flusher = asyncio.get_running_loop().create_task(self._store_acks())
 
     async def _store_acks(self) -> None:
-        """Write acknowledgements to the file, one transaction for all that arrived
-        while the previous one was written (a fast uploader gets one per UPLOAD)."""
-        while self._stored_ack < self._upload_ack:
+        """Write acknowledgements (and the download cursor moved past this client's own
+        changesets) to the file, one transaction for all that arrived meanwhile (a
+        fast uploader gets one acknowledgement per UPLOAD)."""
+        while self._unstored():
             # Gather the acknowledgements of a busy moment into one transaction: the
             # file may lag the server by this much, which costs nothing (a re-sent
             # changeset is acknowledged again, not applied) and is caught up at close.
             await asyncio.sleep(ACK_STORE_DELAY)
-            target = self._upload_ack
-            await self._in_db(functools.partial(self._file.acknowledge, target))
-            self._stored_ack = max(self._stored_ack, target)
+            ack, cursor = self._upload_ack, self._download_cursor
+            await self._in_db(functools.partial(self._file.acknowledge, ack, cursor))
+            self._stored_ack = max(self._stored_ack, ack)
+            self._stored_cursor = max(self._stored_cursor, cursor)
 
     async def _uploader(self, ws: ClientConnection, proto: ClientProtocol, acked: int) -> None:
         sent = acked  # everything unacknowledged is re-sent; the server skips duplicates

@@ -50,13 +50,24 @@ from ..protocol.messages import MAX_MESSAGE_SIZE
 from ..protocol.schema import FieldSchema, TableSchema, Value, ValueType, check_value
 from .objects import ObjectTables, clock_to_sql, float_to_sql, schema_from_json, schema_json
 
-__all__ = ["FileProgress", "IntegrateResult", "LocalTransaction", "RealmFile"]
+__all__ = [
+    "FileProgress",
+    "IntegrateResult",
+    "LocalTransaction",
+    "RealmFile",
+    "last_client_version",
+]
 
-FORMAT_VERSION = 1
+# File format 2 (this version) no longer updates _meta on every local commit: the
+# clock and the bytes committed are derived from the history instead (see
+# RealmFile.__init__ and progress), and client versions are given explicitly. A
+# format-1 file is upgraded in place when it is opened; older versions of
+# realmsync_nb then refuse it with a clear error instead of misreading it.
+FORMAT_VERSION = 2
+_UPGRADABLE = (1,)
 _META_DEFAULTS: dict[str, int] = {
     "download_cursor": 0,
     "upload_cursor": 0,
-    "uploadable_bytes": 0,
     "uploaded_bytes": 0,
     "downloaded_bytes": 0,
     "hlc": 0,
@@ -159,11 +170,20 @@ class RealmFile:
             }
             self.sync_objects = ObjectTables(self.sync_conn, self.schema.values())
             self.client_id = int(self.get_meta("client_id"))
+            # The clock never goes back: past every timestamp stored in _meta (that of
+            # downloads and of acknowledged, deleted history) and every one in the
+            # history (local commits, the newest last).
             self.clock = HybridClock(int(self.get_meta("hlc")))
+            newest = self.conn.execute(
+                "SELECT body FROM _history ORDER BY client_version DESC LIMIT 1"
+            ).fetchone()
+            if newest is not None:
+                self.clock.observe(decode_changeset(newest[0]).ts)
             self._clock_lock = threading.Lock()
-            # Highest client version committed here (in memory; the history's
-            # AUTOINCREMENT sequence is the persisted truth).
-            self.latest_client_version = self._latest_client_version(self.conn)
+            # The stored upload cursor, while known to match the file (see _record_ack).
+            self._upload_cursor: int | None = None
+            # Highest client version committed here (in memory; see last_client_version).
+            self.latest_client_version = last_client_version(self.conn)
         except BaseException:
             # A failed open (e.g. SchemaError) must not leave connections behind.
             for name in ("conn", "sync_conn", "read_conn"):
@@ -179,9 +199,10 @@ class RealmFile:
     def _init_meta(self, schema: Mapping[str, TableSchema]) -> None:
         c = self.conn
         c.execute("CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value)")
+        # Client versions are given by LocalTransaction (format 1 had AUTOINCREMENT).
         c.execute(
             "CREATE TABLE IF NOT EXISTS _history ("
-            "client_version INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)"
+            "client_version INTEGER PRIMARY KEY, body BLOB NOT NULL)"
         )
         row = c.execute("SELECT value FROM _meta WHERE key='format_version'").fetchone()
         if row is None:
@@ -192,7 +213,9 @@ class RealmFile:
             c.executemany("INSERT INTO _meta VALUES (?, ?)", _META_DEFAULTS.items())
             c.execute("INSERT INTO _meta VALUES ('schema', ?)", (json.dumps(schema_json(schema)),))
             return
-        if int(row[0]) != FORMAT_VERSION:
+        if int(row[0]) in _UPGRADABLE:
+            c.execute("UPDATE _meta SET value=? WHERE key='format_version'", (FORMAT_VERSION,))
+        elif int(row[0]) != FORMAT_VERSION:
             raise SchemaError(
                 f"{self.path} has file format {row[0]}; this version reads {FORMAT_VERSION}"
             )
@@ -235,20 +258,21 @@ class RealmFile:
 
     # -- sync side (sync worker thread, sync_conn) --------------------------------
 
-    @staticmethod
-    def _latest_client_version(c: sqlite3.Connection) -> int:
-        seq = c.execute("SELECT seq FROM sqlite_sequence WHERE name='_history'").fetchone()
-        return int(seq[0]) if seq else 0
-
     def progress(self) -> FileProgress:
         c = self.sync_conn
-        meta = dict(c.execute("SELECT key, value FROM _meta").fetchall())
+        with self.write_lock:  # one consistent read of _meta and the history
+            meta = dict(c.execute("SELECT key, value FROM _meta").fetchall())
+            (pending,) = c.execute("SELECT coalesce(sum(length(body)), 0) FROM _history").fetchone()
+            latest = last_client_version(c)
+        uploaded = int(meta["uploaded_bytes"])
         return FileProgress(
             download_cursor=int(meta["download_cursor"]),
             upload_cursor=int(meta["upload_cursor"]),
-            latest_client_version=self._latest_client_version(c),
-            uploadable_bytes=int(meta["uploadable_bytes"]),
-            uploaded_bytes=int(meta["uploaded_bytes"]),
+            latest_client_version=latest,
+            # Every byte committed: the acknowledged ones (their history is deleted in
+            # the transaction that counts them) and the history still to upload.
+            uploadable_bytes=uploaded + int(pending),
+            uploaded_bytes=uploaded,
             downloaded_bytes=int(meta["downloaded_bytes"]),
         )
 
@@ -337,14 +361,25 @@ class RealmFile:
             )
         return IntegrateResult(len(decoded), nbytes, changed, int(acked), int(acked_bytes))
 
-    def acknowledge(self, upload_ack: int) -> tuple[int, int]:
-        """Record the server's acknowledgement alone; returns (changesets, bytes) newly acked."""
-        with self.write_lock, transaction(self.sync_conn):
-            return self._record_ack(self.sync_conn, upload_ack)
+    def acknowledge(self, upload_ack: int, download_cursor: int = 0) -> tuple[int, int]:
+        """Record the server's acknowledgement, and a download cursor that moved without
+        changesets to apply (it never goes back); returns (changesets, bytes) newly acked."""
+        c = self.sync_conn
+        with self.write_lock, transaction(c):
+            if download_cursor:
+                c.execute(
+                    "UPDATE _meta SET value = max(value, ?) WHERE key = 'download_cursor'",
+                    (download_cursor,),
+                )
+            return self._record_ack(c, upload_ack)
 
     def _record_ack(self, c: sqlite3.Connection, upload_ack: int) -> tuple[int, int]:
-        """Advance the upload cursor, trim acknowledged history, count the bytes."""
-        old_ack = int(self.get_meta("upload_cursor", c))
+        """Advance the upload cursor, trim acknowledged history, count the bytes.
+
+        Called with ``write_lock`` held, in the caller's transaction."""
+        old_ack = self._upload_cursor
+        if old_ack is None:
+            old_ack = self._upload_cursor = int(self.get_meta("upload_cursor", c))
         if upload_ack <= old_ack:
             return 0, 0
         acked, acked_bytes = c.execute(
@@ -353,11 +388,15 @@ class RealmFile:
             (old_ack, upload_ack),
         ).fetchone()
         c.execute("DELETE FROM _history WHERE client_version <= ?", (upload_ack,))
+        with self._clock_lock:  # the deleted changesets' clocks live on in 'hlc'
+            hlc = self.clock.last
         c.execute(
-            "UPDATE _meta SET value = CASE key WHEN 'upload_cursor' THEN ? ELSE value + ? END "
-            "WHERE key IN ('upload_cursor', 'uploaded_bytes')",
-            (upload_ack, acked_bytes),
+            "UPDATE _meta SET value = CASE key WHEN 'upload_cursor' THEN ? "
+            "WHEN 'hlc' THEN max(value, ?) ELSE value + ? END "
+            "WHERE key IN ('upload_cursor', 'uploaded_bytes', 'hlc')",
+            (upload_ack, hlc, acked_bytes),
         )
+        self._upload_cursor = None  # known again once this transaction has committed
         return int(acked), int(acked_bytes)
 
     # -- reads --------------------------------------------------------------------
@@ -429,7 +468,6 @@ class LocalTransaction:
         # The bodies too, while the transaction is small: the session uploads them
         # from memory instead of reading them back (see Session._local_commit).
         self.bodies: dict[int, bytes] | None = {}
-        self._last_ts = 0
 
     def _set_clock(self) -> None:
         self.clock = (self.file.next_clock(), self.file.client_id)
@@ -604,7 +642,7 @@ class LocalTransaction:
         if len(self._touched) + len(self._new) >= FLUSH_OBJECTS:
             self._write_part()
 
-    def _write_part(self) -> None:
+    def _write_part(self, last: bool = False) -> None:
         """Write the instructions gathered so far to the history as changeset(s).
 
         Called at commit, and during a transaction every FLUSH_OBJECTS objects so a
@@ -637,18 +675,19 @@ class LocalTransaction:
             )
         c = self.file.conn
         for body in bodies:
-            version = c.execute("INSERT INTO _history (body) VALUES (?)", (body,)).lastrowid
-            assert version is not None
+            version = (self.parts[-1][0] if self.parts else self.file.latest_client_version) + 1
+            c.execute("INSERT INTO _history (client_version, body) VALUES (?, ?)", (version, body))
             self.parts.append((version, len(body)))
             if self.bodies is not None:
                 self.bodies[version] = body
                 if self.body_size + len(body) > HANDOFF_BYTES:
                     self.bodies = None
             self.body_size += len(body)
-        self._last_ts = self.clock[0]
         self._touched.clear()
         self._new.clear()
         self._read.clear()
+        if last:
+            return
         # The keys of this part were proven new by _new and _touched, which are now
         # empty: read the ranges again, so they cover every row written so far.
         self._ranges = {t: self._key_range(t) for t in self._ranges}
@@ -661,13 +700,7 @@ class LocalTransaction:
         self.done = True
         c = self.file.conn
         try:
-            self._write_part()
-            if self.parts:
-                c.execute(
-                    "UPDATE _meta SET value = CASE key WHEN 'hlc' THEN max(value, ?) "
-                    "ELSE value + ? END WHERE key IN ('hlc', 'uploadable_bytes')",
-                    (self._last_ts, self.body_size),
-                )
+            self._write_part(last=True)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -716,6 +749,20 @@ GROUP_MIN_ROWS = 16
 # New objects a transaction inserts into a table one by one before it starts to
 # defer and batch the inserts of keys that provably have no row (see _try_new).
 DEFER_AFTER = 64
+
+
+def last_client_version(c: sqlite3.Connection) -> int:
+    """The highest client version a realm file ever committed.
+
+    Acknowledged history is deleted, but only up to the upload cursor stored in the
+    same transaction, so the newest version is whichever of the two is higher (in
+    format 1 too, whose AUTOINCREMENT sequence never got ahead of both).
+    """
+    row = c.execute(
+        "SELECT max((SELECT coalesce(max(client_version), 0) FROM _history), "
+        "(SELECT value FROM _meta WHERE key = 'upload_cursor'))"
+    ).fetchone()
+    return int(row[0])
 
 
 def split_encode(

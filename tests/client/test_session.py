@@ -28,6 +28,7 @@ from tests.client.syncing import (
     connected,
     pending_bytes,
     server_history,
+    sqlite,
 )
 from tests.conftest import FAST, OpenRealm
 from tests.helpers import T, Task, wait_until
@@ -209,7 +210,28 @@ def test_wait_for_upload_covers_changes_committed_before_the_call(
     tasks = server.snapshot()["Task"]
     assert sorted(tasks) == ["t0", "t1", "t2"]
     assert tasks["t0"]["title"] == "changed"
-    assert pending_bytes(a) == 0
+    # The file trims acknowledged history soon after (acknowledgements are stored in
+    # batches, ACK_STORE_DELAY apart).
+    wait_until(lambda: pending_bytes(a) == 0, T(5))
+
+
+def test_close_stores_the_acknowledgement_and_cursor_of_a_writer(
+    server: rs.SyncServer, open_realm: OpenRealm
+) -> None:
+    """A writer's acknowledgements, and the server version moving past its own
+    changesets, are stored in batches; closing stores the last of them, so the next
+    open neither re-uploads nor re-asks for anything."""
+    a = open_realm("A")
+    connected(a)
+    for i in range(3):
+        add_task(a, f"t{i}")
+    a.sync_session.wait_for_upload().result(T(5))
+    path = a.path
+    a.close()
+    with sqlite(path) as c:
+        meta = dict(c.execute("SELECT key, value FROM _meta").fetchall())
+        assert c.execute("SELECT count(*) FROM _history").fetchone() == (0,)
+    assert (meta["upload_cursor"], meta["download_cursor"]) == (3, 3)
 
 
 def assert_cancel_removes_the_waiter(

@@ -357,6 +357,106 @@ def test_client_versions_are_never_reused_after_everything_was_acknowledged(
     assert [cv for cv, _ in g.pending_uploads(g.progress().upload_cursor, 1 << 20)] == [3]
 
 
+def test_the_clock_never_goes_back_once_acknowledged_history_is_deleted(
+    open_file: OpenFile,
+) -> None:
+    """Local commits do not store the clock; the history holds it until it is
+    acknowledged and deleted, and the acknowledgement stores it then."""
+    f = open_file()
+    ahead = now_us() + 3_600_000_000
+    f.clock.now = lambda: ahead * 1000  # this machine's clock was an hour fast...
+    add_task(f, "a")
+    add_task(f, "b")
+    stamps = [decode_changeset(r[1]).ts for r in history(f.path)]  # type: ignore[arg-type]
+    f.acknowledge(2)
+    assert history(f.path) == []
+    path = f.path
+    f.close()
+
+    g = open_file(os.path.basename(path))  # ...and is right again after the restart
+    add_task(g, "c")
+    ((_, body),) = history(path)
+    assert decode_changeset(body).ts > max(stamps) >= ahead  # type: ignore[arg-type]
+
+
+def test_the_clock_never_goes_back_while_local_history_is_unacknowledged(
+    open_file: OpenFile,
+) -> None:
+    f = open_file()
+    ahead = now_us() + 3_600_000_000
+    f.clock.now = lambda: ahead * 1000
+    add_task(f, "a")
+    path = f.path
+    f.close()
+
+    g = open_file(os.path.basename(path))
+    add_task(g, "b")
+    first, second = (decode_changeset(r[1]).ts for r in history(path))  # type: ignore[arg-type]
+    assert second > first >= ahead
+
+
+def test_acknowledge_stores_a_download_cursor_that_only_moves_forward(
+    open_file: OpenFile,
+) -> None:
+    """A download with no changesets (the server moved past this client's own) moves
+    the cursor without an integrate; the session stores it with the acknowledgements."""
+    f = open_file()
+    add_task(f, "a")
+    ((_, body),) = f.pending_uploads(0, 1 << 20)
+    assert f.acknowledge(1, download_cursor=5) == (1, len(body))
+    f.acknowledge(1, download_cursor=3)
+    assert (f.progress().download_cursor, f.progress().upload_cursor) == (5, 1)
+
+
+def test_a_format_1_file_is_upgraded_in_place(open_file: OpenFile, tmp_path: Path) -> None:
+    """Format 1 kept client versions in an AUTOINCREMENT sequence and updated the clock
+    and the committed bytes in _meta on every commit; format 2 derives them. A
+    format-1 file opens with its versions, clock and counters intact."""
+    f = open_file("old.realm")
+    path = f.path
+    f.close()
+    c = plain(path)
+    ahead = now_us() + 3_600_000_000
+    bodies = [remote_task(f"t{i}", ahead + i) for i in range(3)]  # stand-ins for local ones
+    c.executescript(
+        """
+        DROP TABLE _history;
+        CREATE TABLE _history (client_version INTEGER PRIMARY KEY AUTOINCREMENT,
+                               body BLOB NOT NULL);
+        UPDATE _meta SET value = 1 WHERE key = 'format_version';
+        """
+    )
+    for b in bodies:
+        c.execute("INSERT INTO _history (body) VALUES (?)", (b,))
+    # Versions 1-3 were committed and 1-2 acknowledged (deleted); format 1 kept the
+    # clock and the committed bytes in _meta.
+    c.execute("DELETE FROM _history WHERE client_version <= 2")
+    c.execute("UPDATE _meta SET value = 2 WHERE key = 'upload_cursor'")
+    c.execute("UPDATE _meta SET value = ? WHERE key = 'hlc'", (ahead + 2,))
+    c.execute("INSERT INTO _meta VALUES ('uploadable_bytes', ?)", (sum(map(len, bodies)),))
+    c.close()
+
+    g = open_file("old.realm")
+    assert query(path, "SELECT value FROM _meta WHERE key = 'format_version'") == [(2,)]
+    assert g.latest_client_version == 3
+    assert add_task(g, "new") == 4
+    assert [cv for cv, _ in g.pending_uploads(2, 1 << 20)] == [3, 4]
+    assert decode_changeset(history(path)[-1][1]).ts > ahead + 2  # type: ignore[arg-type]
+    p = g.progress()
+    assert p.uploadable_bytes == p.uploaded_bytes + sum(len(b) for _, b in history(path))  # type: ignore[arg-type]
+
+
+def test_a_file_of_a_newer_format_is_refused(open_file: OpenFile) -> None:
+    f = open_file("new.realm")
+    path = f.path
+    f.close()
+    c = plain(path)
+    c.execute("UPDATE _meta SET value = 99 WHERE key = 'format_version'")
+    c.close()
+    with pytest.raises(rs.SchemaError, match="file format 99"):
+        open_file("new.realm")
+
+
 def test_the_upload_batch_respects_max_bytes_but_always_makes_progress(
     open_file: OpenFile,
 ) -> None:
