@@ -388,6 +388,16 @@ class ObjectTables:
         )
 
     def _insert_new(self, codec: TableCodec, group: list[Instruction], clock: Clock) -> int:
+        if len(group) == 1:  # one object (a small changeset): insert, or merge if it exists
+            ins = group[0]
+            key = codec.pk_sql(ins.pk)
+            row = codec.new_row(key, ins.values, (clock_to_sql(clock), None, None, 1))
+            if row is not None:
+                try:
+                    self.conn.execute(codec.insert, row)
+                except sqlite3.IntegrityError:  # it has a row: the merge rules decide
+                    return self.apply_instruction(ins, clock)
+                return 1
         keys = [codec.pk_sql(ins.pk) for ins in group]
         if len(set(keys)) != len(keys):  # not from a compacted changeset: go one by one
             return sum(self.apply_instruction(ins, clock) for ins in group)
