@@ -90,7 +90,7 @@ ACK_STORE_DELAY = 0.05
 # them goes on: the first look after a wake-up, and the most it doubles to (see
 # Session._look_for_commits). A lone commit wakes the thread immediately.
 COMMIT_POLL_FIRST = 0.0002
-COMMIT_POLL_MAX = 0.002
+COMMIT_POLL_MAX = 0.005
 
 SS, CS = SessionState, ConnectionState
 # (state, event) -> next state; events not listed leave the state as it is.
@@ -972,7 +972,10 @@ class Session:
         and have the acknowledgement stored (in the background, batched)."""
         if ack <= self._upload_ack:
             return
-        self._apply_commits()  # every version the server can acknowledge is counted
+        if not self._pending_sizes or self._pending_sizes[-1][0] < ack:
+            # The server acknowledged versions not counted yet (uploaded from the history
+            # after a reconnect, before their commit was looked at): count them first.
+            self._apply_commits()
         self._upload_ack = ack
         pending = self._pending_sizes
         changesets = nbytes = 0
@@ -1019,9 +1022,9 @@ class Session:
         max_bytes = self._app.config.upload_batch_bytes
         while True:
             self._upload_wake.clear()
-            batch = self._handed_batch(sent, max_bytes) or self._file.pending_uploads(
-                sent, max_bytes
-            )  # from memory, or a short read
+            batch = self._handed_batch(sent, max_bytes)  # from memory, or a short read:
+            if not batch and self._pending_sizes and self._pending_sizes[-1][0] > sent:
+                batch = self._file.pending_uploads(sent, max_bytes)
             if not batch:
                 await self._upload_wake.wait()
                 continue

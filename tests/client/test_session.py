@@ -653,3 +653,52 @@ def test_events(server: rs.SyncServer, open_realm: OpenRealm) -> None:
     assert events.index(pause[0]) < events.index(resume[0])
     for e in events:
         assert e.describe()  # every event has a human summary
+
+
+# -- how commits reach the uploader ----------------------------------------------------
+
+
+def _uploads(rec: Recorder[rs.SyncEvent]) -> list[int]:
+    return [e.changesets or 0 for e in rec.items if e.kind is rs.EventKind.UPLOAD_SENT]
+
+
+def test_a_lone_commit_is_uploaded_without_waiting_for_the_commit_poll(
+    server: rs.SyncServer, open_realm: OpenRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first commit after a quiet moment wakes the sync thread at once; only the
+    commits that follow it wait for the poll (here: a minute, longer than the test)."""
+    from realmsync_nb.client import session as session_module
+
+    monkeypatch.setattr(session_module, "COMMIT_POLL_FIRST", 60.0)
+    monkeypatch.setattr(session_module, "COMMIT_POLL_MAX", 60.0)
+    a = open_realm("A")
+    connected(a)
+    rec = Recorder(a.sync_session.events)
+    add_task(a, "lone")
+    a.sync_session.wait_for_upload().result(T(5))
+    assert _uploads(rec) == [1]
+    assert "lone" in server.snapshot()["Task"]
+
+
+def test_a_stream_of_commits_is_uploaded_in_batches_and_all_arrive(
+    server: rs.SyncServer, open_realm: OpenRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits made while the sync thread is due to look again join one UPLOAD instead
+    of waking it (and costing an UPLOAD) each; none is lost or reordered."""
+    from realmsync_nb.client import session as session_module
+
+    monkeypatch.setattr(session_module, "COMMIT_POLL_FIRST", 0.5)
+    monkeypatch.setattr(session_module, "COMMIT_POLL_MAX", 0.5)
+    a = open_realm("A")
+    connected(a)
+    rec = Recorder(a.sync_session.events)
+    n = 40
+    for i in range(n):
+        add_task(a, f"t{i:02}", priority=i)
+    a.sync_session.wait_for_upload().result(T(10))
+    uploads = _uploads(rec)
+    assert sum(uploads) == n
+    assert len(uploads) <= 4, uploads  # the first commit alone, then the rest together
+    assert uploads[0] == 1
+    tasks = server.snapshot()["Task"]
+    assert [tasks[f"t{i:02}"]["priority"] for i in range(n)] == list(range(n))
