@@ -381,11 +381,18 @@ def _decode_changeset(data: bytes) -> Changeset:
     size = len(data)
     if n_names > size:
         raise DecodeError("string table larger than the changeset")
-    names = [r.str_() for _ in range(n_names)]
-    n = r.uint()
+    pos = r.pos
+    names = []
+    for _ in range(n_names):  # the Reader's str_(), inline: a few per changeset
+        length, pos = _uint_at(data, pos)
+        end = pos + length
+        if end > size:
+            raise DecodeError(f"need {length} bytes, {size - pos} left")
+        names.append(data[pos:end].decode("utf-8"))
+        pos = end
+    n, pos = _uint_at(data, pos)
     if n > size:
         raise DecodeError("instruction count larger than the changeset")
-    pos = r.pos
     out: list[Instruction] = []
     append = out.append
     ops = _OPS

@@ -79,6 +79,9 @@ class Reader:
 
     def uint(self) -> int:
         data, pos, end = self.data, self.pos, self.end
+        if pos < end and data[pos] < 0x80:  # one byte: most counts, lengths and indexes
+            self.pos = pos + 1
+            return data[pos]
         result = 0
         shift = 0
         for _ in range(MAX_VARINT_BYTES):
