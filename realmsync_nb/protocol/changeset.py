@@ -46,6 +46,7 @@ __all__ = [
     "ObjectState",
     "Op",
     "apply_instruction",
+    "changeset_ts",
     "compact",
     "decode_changeset",
     "encode_changeset",
@@ -332,6 +333,18 @@ def decode_changeset(data: bytes) -> Changeset:
         raise DecodeError(f"invalid UTF-8 string: {exc.reason}") from None
     except struct.error as exc:
         raise DecodeError(f"malformed changeset: {exc}") from None
+
+
+def changeset_ts(data: bytes) -> int:
+    """The timestamp in a changeset's header, without decoding the rest.
+
+    Raises:
+        DecodeError: the header is malformed.
+    """
+    r = Reader(data)
+    if r.byte() not in (1, CHANGESET_FORMAT):
+        raise DecodeError("unknown changeset format")
+    return r.uint()
 
 
 def _uint_at(data: bytes, pos: int) -> tuple[int, int]:

@@ -41,6 +41,7 @@ from ..protocol.changeset import (
     ObjectState,
     Op,
     apply_instruction,
+    changeset_ts,
     decode_changeset,
     encode_changeset,
     fold,
@@ -48,6 +49,7 @@ from ..protocol.changeset import (
 )
 from ..protocol.messages import MAX_MESSAGE_SIZE
 from ..protocol.schema import FieldSchema, TableSchema, Value, ValueType, check_value
+from ..protocol.wire import DecodeError
 from .objects import ObjectTables, clock_to_sql, float_to_sql, schema_from_json, schema_json
 
 __all__ = [
@@ -175,10 +177,11 @@ class RealmFile:
             # history (local commits, the newest last).
             self.clock = HybridClock(int(self.get_meta("hlc")))
             newest = self.conn.execute(
-                "SELECT body FROM _history ORDER BY client_version DESC LIMIT 1"
+                "SELECT substr(body, 1, 16) FROM _history ORDER BY client_version DESC LIMIT 1"
             ).fetchone()
             if newest is not None:
-                self.clock.observe(decode_changeset(newest[0]).ts)
+                with contextlib.suppress(DecodeError):  # a damaged entry fails at upload
+                    self.clock.observe(changeset_ts(newest[0]))
             self._clock_lock = threading.Lock()
             # The stored upload cursor, while known to match the file (see _record_ack).
             self._upload_cursor: int | None = None
@@ -259,8 +262,11 @@ class RealmFile:
     # -- sync side (sync worker thread, sync_conn) --------------------------------
 
     def progress(self) -> FileProgress:
+        """The persisted counters. Takes ``write_lock`` (the sync connection's guard,
+        and a consistent read of _meta and the history): not for the user's thread
+        while it holds a write transaction."""
         c = self.sync_conn
-        with self.write_lock:  # one consistent read of _meta and the history
+        with self.write_lock:
             meta = dict(c.execute("SELECT key, value FROM _meta").fetchall())
             (pending,) = c.execute("SELECT coalesce(sum(length(body)), 0) FROM _history").fetchone()
             latest = last_client_version(c)
@@ -396,7 +402,7 @@ class RealmFile:
             "WHERE key IN ('upload_cursor', 'uploaded_bytes', 'hlc')",
             (upload_ack, hlc, acked_bytes),
         )
-        self._upload_cursor = None  # known again once this transaction has committed
+        self._upload_cursor = None  # read again next time: this transaction may roll back
         return int(acked), int(acked_bytes)
 
     # -- reads --------------------------------------------------------------------
@@ -702,6 +708,8 @@ class LocalTransaction:
         try:
             self._write_part(last=True)
             c.execute("COMMIT")
+            if self.parts:  # before the locks go: the next transaction numbers after it
+                self.file.latest_client_version = self.parts[-1][0]
         except BaseException:
             c.execute("ROLLBACK")
             self.parts.clear()
@@ -711,11 +719,7 @@ class LocalTransaction:
             self.file.active = None
             self.file.write_lock.release()
             self.file.lock.release()
-        if not self.parts:
-            return None
-        version = self.parts[-1][0]
-        self.file.latest_client_version = version
-        return version
+        return self.parts[-1][0] if self.parts else None
 
     def rollback(self) -> None:
         if self.done:

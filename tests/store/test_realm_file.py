@@ -10,9 +10,11 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -455,6 +457,51 @@ def test_a_file_of_a_newer_format_is_refused(open_file: OpenFile) -> None:
     c.close()
     with pytest.raises(rs.SchemaError, match="file format 99"):
         open_file("new.realm")
+
+
+class _SlowRelease:
+    """A lock that lets other threads run for a moment each time it is released."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        return bool(self.inner.acquire(*args, **kwargs))
+
+    def release(self) -> None:
+        self.inner.release()
+        time.sleep(0.002)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_two_threads_committing_at_once_get_distinct_versions(open_file: OpenFile) -> None:
+    """Client versions come from the file's latest one, which must be updated before
+    the next transaction can start (a reused version would fail, or be skipped by
+    the server as already integrated)."""
+    f = open_file()
+    f.lock = _SlowRelease(f.lock)  # type: ignore[assignment]
+    errors: list[BaseException] = []
+
+    def writer(prefix: str) -> None:
+        try:
+            for i in range(30):
+                add_task(f, f"{prefix}{i}")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in "xy"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(T(30))
+    assert errors == []
+    assert [r[0] for r in history(f.path)] == list(range(1, 61))
+    assert f.latest_client_version == 60
 
 
 def test_the_upload_batch_respects_max_bytes_but_always_makes_progress(
