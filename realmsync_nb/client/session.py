@@ -91,6 +91,10 @@ ACK_STORE_DELAY = 0.05
 # Session._look_for_commits). A lone commit wakes the thread immediately.
 COMMIT_POLL_FIRST = 0.0002
 COMMIT_POLL_MAX = 0.005
+# Bytes of changesets in one UPLOAD when a connection starts, and the least it
+# shrinks to (see Session._adapt_upload_cap); it grows up to upload_batch_bytes.
+UPLOAD_CAP_START = 16 * 1024
+UPLOAD_CAP_MIN = 4 * 1024
 
 SS, CS = SessionState, ConnectionState
 # (state, event) -> next state; events not listed leave the state as it is.
@@ -186,6 +190,10 @@ class Session:
         self._ws: ClientConnection | None = None
         self._protocol: ClientProtocol | None = None
         self._sent_at: dict[int, float] = {}  # client version -> when its UPLOAD was sent
+        # (last client version, when sending began) of each UPLOAD not yet acknowledged,
+        # and the byte cap those UPLOADs adapt (see _adapt_upload_cap).
+        self._in_flight: collections.deque[tuple[int, float]] = collections.deque()
+        self._upload_cap = UPLOAD_CAP_START
         self.last_error: RealmSyncError | None = None
         # Counters (cumulative bytes); set from the file in _start.
         self._up = Counters(0, 0)
@@ -741,15 +749,20 @@ class Session:
             self._unsent.update(handed)
             self._unsent_bytes += sum(map(len, handed.values()))
         pending = self._pending_sizes
+        acked = 0
         for version, nbytes in commits:
-            if pending and version < pending[-1][0]:  # two threads' commits, reordered
+            if version <= self._upload_ack:
+                # Acknowledged before it was counted: two threads' commits, the later
+                # one counted first, and both uploaded from the history meanwhile.
+                acked += nbytes
+            elif pending and version < pending[-1][0]:  # two threads' commits, reordered
                 pending = self._pending_sizes = collections.deque(
                     sorted([*pending, (version, nbytes)])
                 )
             else:
                 pending.append((version, nbytes))
         added = sum(n for _, n in commits)
-        self._up = Counters(self._up.transferred, self._up.transferable + added)
+        self._up = Counters(self._up.transferred + acked, self._up.transferable + added)
         self._progress_changed(ProgressDirection.UPLOAD)
         self._upload_wake.set()
 
@@ -983,6 +996,11 @@ class Session:
             nbytes += pending.popleft()[1]
             changesets += 1
         sent = [self._sent_at.pop(cv) for cv in list(self._sent_at) if cv <= ack]
+        started = None
+        while self._in_flight and self._in_flight[0][0] <= ack:
+            started = self._in_flight.popleft()[1]
+        if started is not None:
+            self._adapt_upload_cap(time.monotonic() - started)
         self._emit(
             EventKind.UPLOAD_ACKED,
             bytes=nbytes,
@@ -1019,9 +1037,11 @@ class Session:
 
     async def _uploader(self, ws: ClientConnection, proto: ClientProtocol, acked: int) -> None:
         sent = acked  # everything unacknowledged is re-sent; the server skips duplicates
-        max_bytes = self._app.config.upload_batch_bytes
+        self._upload_cap = UPLOAD_CAP_START  # a new connection may be a slower link
+        self._in_flight.clear()
         while True:
             self._upload_wake.clear()
+            max_bytes = min(self._upload_cap, self._app.config.upload_batch_bytes)
             batch = self._handed_batch(sent, max_bytes)  # from memory, or a short read:
             if not batch and self._pending_sizes and self._pending_sizes[-1][0] > sent:
                 batch = self._file.pending_uploads(sent, max_bytes)
@@ -1029,7 +1049,9 @@ class Session:
                 await self._upload_wake.wait()
                 continue
             data = proto.upload(batch)
+            started = time.monotonic()
             await ws.send(data)
+            self._in_flight.append((batch[-1][0], started))
             stamp = time.monotonic()
             for cv, _ in batch:
                 self._sent_at.setdefault(cv, stamp)
@@ -1040,6 +1062,22 @@ class Session:
                 changesets=len(batch),
                 client_version=sent,
             )
+
+    def _adapt_upload_cap(self, elapsed: float) -> None:
+        """Size UPLOADs to the link, from how long the last acknowledged one took.
+
+        While a large UPLOAD crosses a slow link, nothing comes back: the PING waits
+        behind it, and the server can only acknowledge it once it has arrived. The
+        acknowledgements are what show a busy connection alive, so an UPLOAD should
+        take a small part of ``pong_timeout``: halve the cap when one took over a
+        quarter of it, double it when one took under a sixteenth. A single changeset
+        larger than the cap still goes in an UPLOAD of its own.
+        """
+        budget = self._timeouts.pong_timeout
+        if elapsed > budget / 4:
+            self._upload_cap = max(self._upload_cap // 2, UPLOAD_CAP_MIN)
+        elif elapsed < budget / 16:
+            self._upload_cap = min(self._upload_cap * 2, self._app.config.upload_batch_bytes)
 
     def _handed_batch(self, sent: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """The changesets after ``sent`` that were handed over in memory, while they
