@@ -571,8 +571,10 @@ class LocalTransaction:
             return False
         stored: tuple[Any, ...] = (*row, self._created)
         floats = self.file.float_columns[table]
-        if any(row[i] != row[i] for i in floats):  # NaN, which SQLite would store as NULL
-            stored = tuple(float_to_sql(v) if i in floats else v for i, v in enumerate(stored))
+        for i in floats:  # a loop, not any(): this runs once per object of a bulk write
+            if row[i] != row[i]:  # NaN, which SQLite would store as NULL
+                stored = tuple(float_to_sql(v) if j in floats else v for j, v in enumerate(stored))
+                break
         if table in self._ranges:
             held = self._ranges[table]
             if held is None or pk < held[0] or pk > held[1]:
