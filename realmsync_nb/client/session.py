@@ -90,7 +90,7 @@ ACK_STORE_DELAY = 0.05
 # them goes on: the first look after a wake-up, and the most it doubles to (see
 # Session._look_for_commits). A lone commit wakes the thread immediately.
 COMMIT_POLL_FIRST = 0.0002
-COMMIT_POLL_MAX = 0.005
+COMMIT_POLL_MAX = 0.01
 # Bytes of changesets in one UPLOAD when a connection starts, and the least it
 # shrinks to (see Session._adapt_upload_cap); it grows up to upload_batch_bytes.
 UPLOAD_CAP_START = 16 * 1024
