@@ -194,6 +194,7 @@ class Session:
         # and the byte cap those UPLOADs adapt (see _adapt_upload_cap).
         self._in_flight: collections.deque[tuple[int, float]] = collections.deque()
         self._upload_cap = UPLOAD_CAP_START
+        self._last_ack_at = 0.0  # when the last acknowledgement of an UPLOAD arrived
         self.last_error: RealmSyncError | None = None
         # Counters (cumulative bytes); set from the file in _start.
         self._up = Counters(0, 0)
@@ -1000,7 +1001,12 @@ class Session:
         while self._in_flight and self._in_flight[0][0] <= ack:
             started = self._in_flight.popleft()[1]
         if started is not None:
-            self._adapt_upload_cap(time.monotonic() - started)
+            # How long the link was busy with these UPLOADs: from when they began or
+            # the previous acknowledgement arrived, whichever is later (time spent
+            # queued behind earlier UPLOADs is theirs), to when this one arrived.
+            arrived = self._last_received
+            self._adapt_upload_cap(arrived - max(started, self._last_ack_at))
+            self._last_ack_at = arrived
         self._emit(
             EventKind.UPLOAD_ACKED,
             bytes=nbytes,
@@ -1039,6 +1045,7 @@ class Session:
         sent = acked  # everything unacknowledged is re-sent; the server skips duplicates
         self._upload_cap = UPLOAD_CAP_START  # a new connection may be a slower link
         self._in_flight.clear()
+        self._last_ack_at = 0.0
         while True:
             self._upload_wake.clear()
             max_bytes = min(self._upload_cap, self._app.config.upload_batch_bytes)
@@ -1049,9 +1056,8 @@ class Session:
                 await self._upload_wake.wait()
                 continue
             data = proto.upload(batch)
-            started = time.monotonic()
+            self._in_flight.append((batch[-1][0], time.monotonic()))
             await ws.send(data)
-            self._in_flight.append((batch[-1][0], started))
             stamp = time.monotonic()
             for cv, _ in batch:
                 self._sent_at.setdefault(cv, stamp)
@@ -1068,10 +1074,11 @@ class Session:
 
         While a large UPLOAD crosses a slow link, nothing comes back: the PING waits
         behind it, and the server can only acknowledge it once it has arrived. The
-        acknowledgements are what show a busy connection alive, so an UPLOAD should
-        take a small part of ``pong_timeout``: halve the cap when one took over a
-        quarter of it, double it when one took under a sixteenth. A single changeset
-        larger than the cap still goes in an UPLOAD of its own.
+        acknowledgements are what show a busy connection alive, so the gap between
+        two of them should be a small part of ``pong_timeout``: halve the cap when
+        the link took over a quarter of it for the UPLOADs just acknowledged, double
+        it when under a sixteenth. A single changeset larger than the cap still goes
+        in an UPLOAD of its own.
         """
         budget = self._timeouts.pong_timeout
         if elapsed > budget / 4:
@@ -1108,16 +1115,12 @@ class Session:
             # Dead means silent: no PONG and nothing else from the server for
             # pong_timeout. On a slow uplink the PING queues behind our own UPLOADs
             # while the server keeps acknowledging them; that link is alive.
-            deadline = self._ping_sent + t.pong_timeout
             while not self._pong.is_set():
-                remaining = deadline - time.monotonic()
+                # The deadline moves with the last message received after the PING.
+                since = max(self._ping_sent, self._last_received)
+                remaining = since + t.pong_timeout - time.monotonic()
                 if remaining <= 0:
-                    if self._last_received <= self._ping_sent:
-                        raise TimeoutError(
-                            f"no PONG within {t.pong_timeout} s: the connection is dead"
-                        )
-                    deadline = self._last_received + t.pong_timeout
-                    continue
+                    raise TimeoutError(f"no PONG within {t.pong_timeout} s: the connection is dead")
                 try:
                     await asyncio.wait_for(self._pong.wait(), remaining)
                 except TimeoutError:

@@ -11,7 +11,9 @@ import dataclasses
 import datetime as dt
 import gc
 import os
+import threading
 import time
+import types
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -741,3 +743,41 @@ def test_a_commit_counted_after_its_acknowledgement_counts_as_uploaded(
     done0, total0, done1, total1, pending = s._thread.run_sync(replay)
     assert (done1, total1) == (done0 + 100, total0 + 100)
     assert pending == []
+
+
+def test_the_heartbeat_gives_up_when_a_link_goes_silent_after_a_late_message() -> None:
+    """A message that arrives after the PING moves the PONG deadline (the link is
+    alive, only slow); when the link then goes silent, the heartbeat must still
+    declare it dead at the moved deadline. It used to spin on the sync thread
+    instead, for ever and without yielding, freezing every session of the App and
+    its close(). (The heartbeat is driven alone, with a link that answers nothing.)"""
+    from realmsync_nb.client.session import Session
+
+    timeouts = rs.SyncTimeoutOptions(ping_interval=0.05, pong_timeout=0.2)
+    state = types.SimpleNamespace(
+        _timeouts=timeouts, _pong=None, _ping_sent=0.0, _last_received=0.0
+    )
+
+    class Link:
+        async def send(self, data: bytes) -> None:
+            # Something from the server arrives just after the PING, then nothing.
+            state._last_received = time.monotonic() + 0.01
+
+    class Proto:
+        def ping(self, nonce: int) -> bytes:
+            return b""
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(Session._heartbeat(state, Link(), Proto()))  # type: ignore[arg-type]
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)  # a spinning one cannot be stopped
+    thread.start()
+    thread.join(T(5))
+    assert not thread.is_alive(), "the heartbeat spun instead of giving up"
+    assert len(outcome) == 1 and isinstance(outcome[0], TimeoutError), outcome
+    assert "no PONG" in str(outcome[0])
