@@ -269,7 +269,7 @@ class RealmFile:
         with self.write_lock:
             meta = dict(c.execute("SELECT key, value FROM _meta").fetchall())
             (pending,) = c.execute("SELECT coalesce(sum(length(body)), 0) FROM _history").fetchone()
-            latest = last_client_version(c)
+            latest = self.latest_client_version  # no transaction can be half-way here
         uploaded = int(meta["uploaded_bytes"])
         return FileProgress(
             download_cursor=int(meta["download_cursor"]),
