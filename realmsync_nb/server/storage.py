@@ -8,6 +8,13 @@ an upload or none of it, and a re-sent changeset is recognised by its client ver
 
 History rows carry running byte totals (overall and per origin), so the exact
 number of bytes still to send to a client is two index look-ups, not a scan.
+
+The storage is the only writer of its file, so it keeps in memory what each
+upload would otherwise read back: each client's last integrated version and byte
+total, and the newest history rows (:data:`TAIL_BYTES` of them). A session that
+keeps up is sent its changesets from that tail, not read back from SQLite; one
+further behind reads them from the file. Memory moves only after the
+transaction has committed.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ from ..store.objects import ObjectTables, schema_from_json, schema_json
 from ..store.realm_file import connect, transaction
 
 __all__ = ["ClientRecord", "HistoryBatch", "SQLiteStorage", "ServerStorage", "UserRecord"]
+
+# How many bytes of the newest history rows are kept in memory for the senders of
+# sessions that keep up (at least the newest row, whatever its size).
+TAIL_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +135,13 @@ class SQLiteStorage:
         ).fetchone()
         self._latest: int = row[0] if row else 0
         self._cum: int = row[1] if row else 0
+        # client id -> (last client version integrated, bytes of its history so far)
+        self._client_state: dict[int, tuple[int, int]] = {}
+        # The newest history rows (server_version, origin, body), in order and
+        # contiguous: _tail[i] has server version _tail_first + i.
+        self._tail: list[tuple[int, int, bytes]] = []
+        self._tail_first = self._latest + 1
+        self._tail_bytes = 0
 
     # -- schema -----------------------------------------------------------------
 
@@ -168,18 +186,9 @@ class SQLiteStorage:
         """
         c = self.conn
         latest, cum = self._latest, self._cum
+        last, ocum = self._client_totals(client_id)
+        rows = []
         with transaction(c):
-            row = c.execute(
-                "SELECT last_client_version FROM _clients WHERE client_id=?", (client_id,)
-            ).fetchone()
-            last: int = row[0]
-            orow = c.execute(
-                "SELECT origin_cum FROM _history WHERE origin=? "
-                "ORDER BY server_version DESC LIMIT 1",
-                (client_id,),
-            ).fetchone()
-            ocum = orow[0] if orow else 0
-            rows = []
             for cv, cs, body in changesets:
                 if cv <= last:
                     continue
@@ -189,35 +198,77 @@ class SQLiteStorage:
                 ocum += len(body)
                 rows.append((latest, client_id, cv, body, cum, ocum))
                 last = cv
-            c.executemany("INSERT INTO _history VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if not rows:
+                return last
+            if len(rows) == 1:
+                c.execute("INSERT INTO _history VALUES (?, ?, ?, ?, ?, ?)", rows[0])
+            else:
+                c.executemany("INSERT INTO _history VALUES (?, ?, ?, ?, ?, ?)", rows)
             c.execute(
                 "UPDATE _clients SET last_client_version=? WHERE client_id=?", (last, client_id)
             )
+        # Committed: only now does memory move.
         self._latest, self._cum = latest, cum
+        self._client_state[client_id] = (last, ocum)
+        self._remember(rows)
         return last
+
+    def _client_totals(self, client_id: int) -> tuple[int, int]:
+        """(last client version integrated, bytes of its history) of a client, read once."""
+        state = self._client_state.get(client_id)
+        if state is None:
+            c = self.conn
+            row = c.execute(
+                "SELECT last_client_version FROM _clients WHERE client_id=?", (client_id,)
+            ).fetchone()
+            orow = c.execute(
+                "SELECT origin_cum FROM _history WHERE origin=? "
+                "ORDER BY server_version DESC LIMIT 1",
+                (client_id,),
+            ).fetchone()
+            state = self._client_state[client_id] = (row[0], orow[0] if orow else 0)
+        return state
+
+    def _remember(self, rows: list[tuple[int, int, int, bytes, int, int]]) -> None:
+        """Add committed history rows to the in-memory tail; drop its older half
+        once it holds more than TAIL_BYTES."""
+        tail = self._tail
+        for sv, origin, _cv, body, _cum, _ocum in rows:
+            tail.append((sv, origin, body))
+            self._tail_bytes += len(body)
+        if self._tail_bytes > TAIL_BYTES and len(tail) > 1:
+            drop = len(tail) // 2
+            self._tail_bytes -= sum(len(b) for _, _, b in tail[:drop])
+            del tail[:drop]
+            self._tail_first += drop
 
     def read_history(
         self, after: int, exclude_origin: int, max_bytes: int, max_count: int = 10_000
     ) -> HistoryBatch:
         """The next changesets after ``after`` not written by ``exclude_origin``."""
+        latest = self._latest
+        if after + 1 >= self._tail_first:  # all of it is in memory
+            rows: Iterable[tuple[int, int, bytes]] = (
+                r for r in self._tail[after + 1 - self._tail_first :] if r[1] != exclude_origin
+            )
+        else:
+            rows = self.conn.execute(
+                "SELECT server_version, origin, body FROM _history "
+                "WHERE server_version > ? AND server_version <= ? AND origin != ? "
+                "ORDER BY server_version LIMIT ?",
+                (after, latest, exclude_origin, max_count + 1),
+            )
         out: list[tuple[int, int, bytes]] = []
         total = 0
-        latest = self._latest
         cursor = after
-        for sv, origin, body in self.conn.execute(
-            "SELECT server_version, origin, body FROM _history "
-            "WHERE server_version > ? AND server_version <= ? AND origin != ? "
-            "ORDER BY server_version LIMIT ?",
-            (after, latest, exclude_origin, max_count),
-        ):
-            if out and total + len(body) > max_bytes:
+        for sv, origin, body in rows:
+            if len(out) == max_count or (out and total + len(body) > max_bytes):
                 return HistoryBatch(out, cursor, total)
             out.append((sv, origin, body))
             total += len(body)
             cursor = sv
-        if len(out) < max_count:
-            cursor = latest  # everything up to latest was either sent or the client's own
-        return HistoryBatch(out, cursor, total)
+        # Everything up to latest was either sent or the client's own.
+        return HistoryBatch(out, latest, total)
 
     def remaining_bytes(self, client_id: int, after: int) -> int:
         """Exact bytes of changesets after ``after`` that ``client_id`` has yet to receive."""
