@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import functools
 import json
 import math
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from .schema import PYTHON_TYPES, FieldSchema, TableSchema, Value, ValueType, check_value
-from .wire import DecodeError, Reader, Writer
+from .wire import MAX_VARINT_BYTES, DecodeError, Reader, Writer
 
 _F64 = struct.Struct("<d")
 
@@ -50,6 +51,7 @@ __all__ = [
     "compact",
     "decode_changeset",
     "encode_changeset",
+    "encode_creates",
     "fold",
     "pk_key",
     "validate_changeset",
@@ -317,6 +319,49 @@ def encode_changeset(cs: Changeset) -> bytes:
     return bytes(out)
 
 
+@functools.lru_cache(maxsize=256)
+def _creates_head(table: str, fields: tuple[str, ...]) -> tuple[bytes, tuple[bytes, ...]]:
+    """The string table of :func:`encode_creates` and each field's encoded index."""
+    names = dict.fromkeys((table, *fields))
+    head = bytearray()
+    _put_uint(head, len(names))
+    for name in names:
+        _put_str(head, name)
+    index = {name: i for i, name in enumerate(names)}
+    refs = []
+    for name in fields:
+        ref = bytearray()
+        _put_uint(ref, index[name])
+        refs.append(bytes(ref))
+    return bytes(head), tuple(refs)
+
+
+def encode_creates(
+    ts: int, origin: int, table: str, fields: tuple[str, ...], rows: Iterable[Sequence[Value]]
+) -> bytes:
+    """The changeset of one CREATE of ``table`` per row (its key, then a value for
+    each of ``fields``), byte for byte what :func:`encode_changeset` makes of those
+    instructions, without building them: the shape of every small local write."""
+    head, refs = _creates_head(table, fields)
+    rows = list(rows)
+    out = bytearray((1,))
+    _put_uint(out, ts)
+    _put_uint(out, origin)
+    out += head
+    _put_uint(out, len(rows))
+    n_fields = bytearray()
+    _put_uint(n_fields, len(fields))
+    for row in rows:
+        out.append(Op.CREATE)
+        out.append(0)  # the table: the first name of the string table
+        _put_value(out, row[0])
+        out += n_fields
+        for ref, value in zip(refs, row[1:], strict=True):
+            out += ref
+            _put_value(out, value)
+    return bytes(out)
+
+
 def decode_changeset(data: bytes) -> Changeset:
     """Decode a changeset.
 
@@ -348,12 +393,25 @@ def changeset_ts(data: bytes) -> int:
 
 
 def _uint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it (IndexError past the end)."""
     b = data[pos]
     if b < 0x80:
         return b, pos + 1
-    r = Reader(data, pos)
-    v = r.uint()
-    return v, r.pos
+    # The Reader's loop, inline: timestamps and peer ids take 8-10 bytes each.
+    result = b & 0x7F
+    shift = 7
+    pos += 1
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            if result >= 1 << 64:
+                raise DecodeError("varint larger than 64 bits")
+            return result, pos
+        shift += 7
+        if shift >= 7 * MAX_VARINT_BYTES:
+            raise DecodeError(f"varint longer than {MAX_VARINT_BYTES} bytes")
 
 
 def _value_at(data: bytes, pos: int) -> tuple[Value, int]:
@@ -384,17 +442,15 @@ def _value_at(data: bytes, pos: int) -> tuple[Value, int]:
 
 
 def _decode_changeset(data: bytes) -> Changeset:
-    r = Reader(data)
-    fmt = r.byte()
+    fmt = data[0]
     if fmt not in (1, CHANGESET_FORMAT):
         raise DecodeError(f"unknown changeset format {fmt}")
-    ts = r.uint()
-    origin = r.uint()
-    n_names = r.uint()
+    ts, pos = _uint_at(data, 1)
+    origin, pos = _uint_at(data, pos)
+    n_names, pos = _uint_at(data, pos)
     size = len(data)
     if n_names > size:
         raise DecodeError("string table larger than the changeset")
-    pos = r.pos
     names = []
     for _ in range(n_names):  # the Reader's str_(), inline: a few per changeset
         length, pos = _uint_at(data, pos)
@@ -423,13 +479,24 @@ def _decode_changeset(data: bytes) -> Changeset:
             nv, pos = _uint_at(data, pos)
             if nv > size:
                 raise DecodeError("value count larger than the changeset")
-            vals = []
+            vals: list[tuple[str, Value]] = []
             for _ in range(nv):
-                f, pos = _uint_at(data, pos)
+                f = data[pos]  # a field's index in the string table: one byte, usually
+                if f < 0x80:
+                    pos += 1
+                else:
+                    f, pos = _uint_at(data, pos)
                 if f >= n_known:
                     raise DecodeError(f"string index {f} outside the table of {n_known}")
-                v, pos = _value_at(data, pos)
-                vals.append((names[f], v))
+                if data[pos] == _T_STR and data[pos + 1] < 0x80:  # a short string, inline
+                    end = pos + 2 + data[pos + 1]
+                    if end > size:
+                        raise DecodeError("truncated string")
+                    vals.append((names[f], data[pos + 2 : end].decode("utf-8")))
+                    pos = end
+                else:
+                    v, pos = _value_at(data, pos)
+                    vals.append((names[f], v))
             values = tuple(vals)
         append(Instruction(op, names[t], pk, values))
     groups: tuple[NewObjects, ...] = ()

@@ -44,6 +44,7 @@ from ..protocol.changeset import (
     changeset_ts,
     decode_changeset,
     encode_changeset,
+    encode_creates,
     fold,
     pk_key,
 )
@@ -675,20 +676,9 @@ class LocalTransaction:
         self.flush_pending()
         if not self._touched and not self._new:
             return
-        by_table: dict[str, list[tuple[Value, ...]]] = defaultdict(list)
-        for table, row in self._new.values():
-            by_table[table].append(row)
-        groups = []
-        loose = [net for _, net in self._touched.values()]
-        for table, rows in by_table.items():
-            keys, *columns = zip(*rows, strict=True)
-            group = NewObjects(table, self.objects.codec(table).field_names, keys, tuple(columns))
-            floats = self.file.float_columns[table]
-            if len(keys) >= GROUP_MIN_ROWS and all(_finite(columns[i - 1]) for i in floats):
-                groups.append(group)
-            else:  # NaN or ±inf: JSON would not keep a NaN's bits; the tagged form does
-                loose.extend(group.instructions())
-        bodies = split_encode(self.clock, loose, MAX_CHANGESET_BYTES, groups)
+        bodies = self._encode_few_new() if not self._touched else None
+        if bodies is None:
+            bodies = self._encode()
         if max(map(len, bodies)) > MAX_MESSAGE_SIZE - 4096:
             raise RealmError(
                 "a single object's change is larger than a sync message "
@@ -714,6 +704,38 @@ class LocalTransaction:
         # empty: read the ranges again, so they cover every row written so far.
         self._ranges = {t: self._key_range(t) for t in self._ranges}
         self._set_clock()
+
+    def _encode_few_new(self) -> list[bytes] | None:
+        """The usual small write, a few new objects of one table, encoded straight
+        from their rows; None when the part is anything else."""
+        new = self._new
+        if not 0 < len(new) < GROUP_MIN_ROWS:
+            return None
+        table = next(iter(new.values()))[0]
+        rows = [row for t, row in new.values() if t == table]
+        if len(rows) != len(new):
+            return None
+        fields = self.objects.codec(table).field_names
+        body = encode_creates(self.clock[0], self.clock[1], table, fields, rows)
+        return [body] if len(body) <= MAX_CHANGESET_BYTES else None
+
+    def _encode(self) -> list[bytes]:
+        """The part's changeset(s): new objects by table as NewObjects groups (a few,
+        or any holding a non-finite float, as instructions), then the rest."""
+        by_table: dict[str, list[tuple[Value, ...]]] = defaultdict(list)
+        for table, row in self._new.values():
+            by_table[table].append(row)
+        groups = []
+        loose = [net for _, net in self._touched.values()]
+        for table, rows in by_table.items():
+            keys, *columns = zip(*rows, strict=True)
+            group = NewObjects(table, self.objects.codec(table).field_names, keys, tuple(columns))
+            floats = self.file.float_columns[table]
+            if len(keys) >= GROUP_MIN_ROWS and all(_finite(columns[i - 1]) for i in floats):
+                groups.append(group)
+            else:  # NaN or ±inf: JSON would not keep a NaN's bits; the tagged form does
+                loose.extend(group.instructions())
+        return split_encode(self.clock, loose, MAX_CHANGESET_BYTES, groups)
 
     def commit(self) -> int | None:
         """Commit; returns the new client version, or None if nothing was written."""
