@@ -70,21 +70,18 @@ class Arrivals:
         spin. The completing event is the one emitted right after the commit that
         made the count reach n: either the last one seen before the count, or the
         next one, which the sync thread emits a moment after that commit. With
-        ``after`` (one write in flight, whose data can only come in events after
-        the first ``after``), it is the first event after those. False on
-        ``timeout``, or after ``stall`` seconds without any event.
+        ``after``, see :meth:`_wait_after`. False on ``timeout``, or after
+        ``stall`` seconds without any event.
         """
         deadline = time.perf_counter() + timeout
         last_change = time.perf_counter()
+        if after is not None:
+            return self._wait_after(realm, n, after, deadline, stall)
         while True:
             with self._cond:
                 before = len(self.stamps)
             if len(realm.all(Rec)) >= n:
                 with self._cond:
-                    if after is not None:
-                        self._cond.wait_for(lambda: len(self.stamps) > after, stall)
-                        done = len(self.stamps) > after
-                        return True, self.stamps[after] if done else time.perf_counter()
                     grace = 0.05 if before else stall  # no event seen yet: one must come
                     self._cond.wait_for(lambda b=before: len(self.stamps) > b, grace)
                     if len(self.stamps) > before:
@@ -99,6 +96,28 @@ class Arrivals:
                     self._cond.wait(wait)
                 if len(self.stamps) != before:
                     last_change = time.perf_counter()
+
+    def _wait_after(
+        self, realm: rs.Realm, n: int, after: int, deadline: float, stall: float
+    ) -> tuple[bool, float]:
+        """One write in flight, whose data can only come in an event after the first
+        ``after``: wait for each next event, then read B's count once.
+
+        The count is read only after an event, never while the write is on its
+        way: reading B's file meanwhile would compete for the GIL with the sync
+        thread carrying that write (the peer's harness likewise only looks when
+        its observer fires). The completing event is the first after ``after``:
+        nothing else is in flight, so it is the one that carried the write.
+        """
+        seen = after
+        while True:
+            with self._cond:
+                wait = min(deadline - time.perf_counter(), stall)
+                if not self._cond.wait_for(lambda s=seen: len(self.stamps) > s, max(wait, 0)):
+                    return False, time.perf_counter()
+                seen = len(self.stamps)
+            if len(realm.all(Rec)) >= n:
+                return True, self.stamps[after]
 
     def close(self) -> None:
         self._sub.cancel()
