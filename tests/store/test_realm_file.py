@@ -27,6 +27,7 @@ from realmsync_nb.protocol.changeset import (
     encode_changeset,
 )
 from realmsync_nb.protocol.schema import FieldSchema, TableSchema, ValueType
+from realmsync_nb.store import realm_file
 from realmsync_nb.store.realm_file import RealmFile
 from tests.helpers import Note, T, Task
 
@@ -109,6 +110,29 @@ def now_us() -> int:
 def test_the_file_uses_wal(open_file: OpenFile) -> None:
     f = open_file()
     assert query(f.path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_a_new_file_has_small_pages_and_an_old_one_keeps_its_own(
+    open_file: OpenFile, tmp_path: Path
+) -> None:
+    # A file created before the page size changed (SQLite's default, 4 KiB) must go
+    # on working as it is: same data, writes, integration, and a WAL checkpointed at
+    # the same number of bytes.
+    new = open_file("new.realm")
+    assert query(new.path, "PRAGMA page_size") == [(realm_file.PAGE_SIZE,)]
+    old_path = tmp_path / "old.realm"
+    c = plain(str(old_path))
+    c.execute("PRAGMA page_size=4096")
+    c.execute("PRAGMA journal_mode=WAL")
+    c.close()
+    old = open_file("old.realm")
+    add_task(old, "t1", title="kept")
+    old.integrate(1, [remote_task("r1", now_us())], 0)
+    assert query(str(old_path), "PRAGMA page_size") == [(4096,)]
+    ckpt = old.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert ckpt * 4096 == realm_file.WAL_CHECKPOINT_BYTES
+    assert old.integrity_check() == "ok"
+    assert sorted(old.snapshot()["Task"]) == ["r1", "t1"]
 
 
 def test_objects_are_rows_a_plain_sqlite_client_can_read(open_file: OpenFile) -> None:
@@ -537,6 +561,7 @@ def test_a_second_open_in_the_same_process_raises_realm_error(open_file: OpenFil
 _OPEN_ELSEWHERE = """
 import sys
 import realmsync_nb as rs
+from realmsync_nb.store import realm_file
 from realmsync_nb.store.realm_file import RealmFile
 from tests.helpers import Note, Task
 try:
