@@ -38,6 +38,7 @@ __all__ = ["ClientRecord", "HistoryBatch", "SQLiteStorage", "ServerStorage", "Us
 # How many bytes of the newest history rows are kept in memory for the senders of
 # sessions that keep up (at least the newest row, whatever its size).
 TAIL_BYTES = 4 * 1024 * 1024
+_SQLITE_MAX_INT = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +139,10 @@ class SQLiteStorage:
         # client id -> (last client version integrated, bytes of its history so far)
         self._client_state: dict[int, tuple[int, int]] = {}
         # The newest history rows (server_version, origin, body), in order and
-        # contiguous: _tail[i] has server version _tail_first + i.
+        # contiguous: _tail[_tail_off + i] has server version _tail_first + i. Rows
+        # before _tail_off were dropped; the list is compacted now and then.
         self._tail: list[tuple[int, int, bytes]] = []
+        self._tail_off = 0
         self._tail_first = self._latest + 1
         self._tail_bytes = 0
 
@@ -230,17 +233,21 @@ class SQLiteStorage:
         return state
 
     def _remember(self, rows: list[tuple[int, int, int, bytes, int, int]]) -> None:
-        """Add committed history rows to the in-memory tail; drop its older half
-        once it holds more than TAIL_BYTES."""
+        """Add committed history rows to the in-memory tail, then drop its oldest rows
+        until it holds at most TAIL_BYTES (or only the newest row)."""
         tail = self._tail
         for sv, origin, _cv, body, _cum, _ocum in rows:
             tail.append((sv, origin, body))
             self._tail_bytes += len(body)
-        if self._tail_bytes > TAIL_BYTES and len(tail) > 1:
-            drop = len(tail) // 2
-            self._tail_bytes -= sum(len(b) for _, _, b in tail[:drop])
-            del tail[:drop]
-            self._tail_first += drop
+        off = self._tail_off
+        while self._tail_bytes > TAIL_BYTES and len(tail) - off > 1:
+            self._tail_bytes -= len(tail[off][2])
+            off += 1
+        self._tail_first += off - self._tail_off
+        if off > len(tail) // 2:  # compact: each row is moved at most once on average
+            del tail[:off]
+            off = 0
+        self._tail_off = off
 
     def read_history(
         self, after: int, exclude_origin: int, max_bytes: int, max_count: int = 10_000
@@ -249,14 +256,17 @@ class SQLiteStorage:
         latest = self._latest
         if after + 1 >= self._tail_first:  # all of it is in memory
             rows: Iterable[tuple[int, int, bytes]] = (
-                r for r in self._tail[after + 1 - self._tail_first :] if r[1] != exclude_origin
+                r
+                for r in self._tail[self._tail_off + after + 1 - self._tail_first :]
+                if r[1] != exclude_origin
             )
         else:
             rows = self.conn.execute(
                 "SELECT server_version, origin, body FROM _history "
                 "WHERE server_version > ? AND server_version <= ? AND origin != ? "
                 "ORDER BY server_version LIMIT ?",
-                (after, latest, exclude_origin, max_count + 1),
+                # One more than a batch takes, to know whether rows are left after it.
+                (after, latest, exclude_origin, min(max_count + 1, _SQLITE_MAX_INT)),
             )
         out: list[tuple[int, int, bytes]] = []
         total = 0

@@ -50,16 +50,52 @@ def _fill(st: SQLiteStorage, rng: random.Random, uploads: int) -> dict[int, int]
     return last
 
 
+GRID = ((200, 10_000), (10**6, 3), (10**6, 10_000), (1, 1), (10**6, 2**63 - 1))
+
+
 def _answers(st: SQLiteStorage) -> list[object]:
     """Every read_history and remaining_bytes answer over a grid of arguments."""
     out: list[object] = []
     for after in range(0, st.latest_version() + 1, 3):
         for origin in (*CLIENTS, 99):
-            for max_bytes, max_count in ((200, 10_000), (10**6, 3), (10**6, 10_000), (1, 1)):
+            for max_bytes, max_count in GRID:
                 b = st.read_history(after, origin, max_bytes, max_count)
                 out.append((after, origin, max_bytes, max_count, b.changesets, b.cursor, b.bytes))
             out.append(st.remaining_bytes(origin, after))
     return out
+
+
+def _expected(rows: list[tuple[int, int, bytes]], latest: int) -> list[object]:
+    """What _answers must say, from the whole history and the rules alone: after
+    ``after``, the rows of other origins in order, as many as fit ``max_bytes``
+    (at least one) and ``max_count``; the cursor is the last row sent if rows of
+    other origins are left, else ``latest``; the bytes still to come are those of
+    every other origin's row after the cursor."""
+    out: list[object] = []
+    for after in range(0, latest + 1, 3):
+        for origin in (*CLIENTS, 99):
+            for max_bytes, max_count in GRID:
+                theirs = [r for r in rows if r[0] > after and r[1] != origin]
+                sent: list[tuple[int, int, bytes]] = []
+                for r in theirs:
+                    size = sum(len(b) for _, _, b in sent)
+                    if len(sent) == max_count or (sent and size + len(r[2]) > max_bytes):
+                        break
+                    sent.append(r)
+                cursor = sent[-1][0] if len(sent) < len(theirs) else latest
+                total = sum(len(b) for _, _, b in sent)
+                out.append((after, origin, max_bytes, max_count, sent, cursor, total))
+            out.append(sum(len(b) for sv, o, b in rows if sv > after and o != origin))
+    return out
+
+
+def _history(st: SQLiteStorage) -> list[tuple[int, int, bytes]]:
+    return [
+        (sv, o, bytes(b))
+        for sv, o, b in st.conn.execute(
+            "SELECT server_version, origin, body FROM _history ORDER BY server_version"
+        )
+    ]
 
 
 def _new(tmp_path: object) -> SQLiteStorage:
@@ -80,6 +116,7 @@ def test_history_served_from_memory_matches_the_file(
     st = _new(tmp_path)
     _fill(st, random.Random(5), 60)
     in_memory = _answers(st)
+    assert in_memory == _expected(_history(st), st.latest_version())
     st.close()
     reopened = SQLiteStorage(str(tmp_path))  # nothing in memory: every read is SQL
     assert _answers(reopened) == in_memory
@@ -140,3 +177,27 @@ def test_a_failed_transaction_leaves_memory_as_the_file(tmp_path: object) -> Non
     reopened = SQLiteStorage(str(tmp_path))
     assert _answers(reopened) == in_memory
     reopened.close()
+
+
+def test_the_tail_stays_within_its_budget_when_large_rows_follow_small_ones(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many small rows, then a few that are each most of the budget (a bulk write
+    # after a live stream): the tail must shed the small rows at once, not keep the
+    # large ones beside them.
+    monkeypatch.setattr(storage_mod, "TAIL_BYTES", 10_000)
+    st = _new(tmp_path)
+    ts = 1_000
+    for v in range(1, 401):
+        cs, body = _changeset(11, ts + v, v, 20)
+        st.integrate(11, [(v, cs, body)])
+    for v in range(1, 6):
+        cs, body = _changeset(22, ts + 1000 + v, 10_000 + v, 7_000)
+        st.integrate(22, [(v, cs, body)])
+        live = st._tail[st._tail_off :]
+        held = sum(len(b) for _, _, b in live)
+        assert held <= 10_000 or len(live) == 1
+        assert held == st._tail_bytes
+        assert live[-1][0] == st.latest_version()
+    assert _answers(st) == _expected(_history(st), st.latest_version())
+    st.close()
