@@ -342,8 +342,10 @@ def encode_creates(
     """The changeset of one CREATE of ``table`` per row (its key, then a value for
     each of ``fields``), byte for byte what :func:`encode_changeset` makes of those
     instructions, without building them: the shape of every small local write."""
-    head, refs = _creates_head(table, fields)
     rows = list(rows)
+    if not rows:  # no instructions name anything: the string table is empty
+        return encode_changeset(Changeset(ts, origin, ()))
+    head, refs = _creates_head(table, fields)
     out = bytearray((1,))
     _put_uint(out, ts)
     _put_uint(out, origin)
