@@ -106,18 +106,25 @@ class Arrivals:
         The count is read only after an event, never while the write is on its
         way: reading B's file meanwhile would compete for the GIL with the sync
         thread carrying that write (the peer's harness likewise only looks when
-        its observer fires). The completing event is the first after ``after``:
-        nothing else is in flight, so it is the one that carried the write.
+        its observer fires). The completing event is the first of the events that
+        arrived before the count reached ``n``.
         """
         seen = after
+        last_event = time.perf_counter()
         while True:
             with self._cond:
-                wait = min(deadline - time.perf_counter(), stall)
-                if not self._cond.wait_for(lambda s=seen: len(self.stamps) > s, max(wait, 0)):
-                    return False, time.perf_counter()
-                seen = len(self.stamps)
+                now = time.perf_counter()
+                wait = min(deadline - now, stall - (now - last_event), 1.0)
+                if wait <= 0:
+                    return False, now
+                if not self._cond.wait_for(lambda s=seen: len(self.stamps) > s, wait):
+                    continue  # no event yet: give up only at the deadline or the stall
+                first, seen = seen, len(self.stamps)
+                last_event = time.perf_counter()
             if len(realm.all(Rec)) >= n:
-                return True, self.stamps[after]
+                # The earliest event of this wake-up: with one write in flight, the one
+                # that carried it.
+                return True, self.stamps[first]
 
     def close(self) -> None:
         self._sub.cancel()
