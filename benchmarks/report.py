@@ -81,10 +81,16 @@ def _best_peer(
     n: int,
     key: str | Callable[[dict[str, Any]], Any],
     higher_better: bool,
+    every_run: bool = False,
 ) -> tuple[str | None, float | None]:
+    """The peer transport with the best median over its converged runs; with
+    ``every_run``, only among transports that converged in every run."""
     best: tuple[str | None, float | None] = (None, None)
     for peer in PEERS:
-        m = _median(g.get((scenario, "", n, peer), []), key)
+        runs = g.get((scenario, "", n, peer), [])
+        if every_run and not all(r.get("converged") for r in runs):
+            continue
+        m = _median(runs, key)
         if m is None:
             continue
         if best[1] is None or (m > best[1] if higher_better else m < best[1]):
@@ -300,8 +306,10 @@ def _targets(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
     def status(ok: bool | None) -> str:
         return "n/a" if ok is None else ("met" if ok else "**not met**")
 
-    def ratio_at(s: int, n: int, key: Any, hb: bool) -> tuple[float | None, str | None]:
-        peer, best = _best_peer(g, s, n, key, hb)
+    def ratio_at(
+        s: int, n: int, key: Any, hb: bool, every_run: bool = False
+    ) -> tuple[float | None, str | None]:
+        peer, best = _best_peer(g, s, n, key, hb, every_run)
         return _ratio(_median(g.get((s, "", n, OURS), []), key), best, hb), peer
 
     if (1, "", 100_000, OURS) in g:
@@ -313,9 +321,22 @@ def _targets(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
             for r_ in rs
         )
         ok = None if r is None else (r >= 3 and all_conv)
+        measured = _ratio_text(r, peer)
+        verdict = status(ok)
+        peer_runs = g.get((1, "", 100_000, peer or ""), [])
+        if peer is not None and not all(x.get("converged") for x in peer_runs):
+            # The best peer lost updates in some runs: say so, and give the ratio
+            # against the best peer that delivered everything every time as well.
+            done = sum(1 for x in peer_runs if x.get("converged"))
+            measured += f", which converged in {done} of {len(peer_runs)} runs"
+            r2, peer2 = ratio_at(1, 100_000, _rate, True, every_run=True)
+            if r2 is not None:
+                measured += f"; {_ratio_text(r2, peer2)}, the best peer that converged every time"
+                if not ok and r2 >= 3 and all_conv:
+                    verdict += " (met against every peer that converged every time)"
         lines.append(
             f"| S1 at 100k ≥ 3× the best peer, 100% converged at every N | "
-            f"{_ratio_text(r, peer)}; ours converged at every N: {all_conv} | {status(ok)} |"
+            f"{measured}; ours converged at every N: {all_conv} | {verdict} |"
         )
     if (2, "", 100_000, OURS) in g:
         r, peer = ratio_at(2, 100_000, _rate, True)
