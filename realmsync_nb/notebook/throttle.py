@@ -4,23 +4,89 @@ Widgets are updated from the sync thread as events arrive, which can be thousand
 second during a large upload. Each widget update is a comm message to the browser,
 so every widget's updates go through a :class:`Throttle`: the first value after a
 quiet period is applied at once, later ones within the interval are coalesced and
-the newest is applied when the interval ends (on a :class:`threading.Timer`), so
-the final state is always shown and never more than one interval late.
+the newest is applied when the interval ends, so the final state is always shown
+and never more than one interval late.
+
+Those trailing edges run on one daemon thread shared by every throttle
+(``realmsync-throttle``). A :class:`threading.Timer` per edge would start a thread
+each time: dozens a second while a watched session syncs.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["Throttle"]
 
 T = TypeVar("T")
 logger = logging.getLogger("realmsync_nb.notebook")
+
+
+class _Call:
+    """A call waiting on :data:`_TIMERS`; :meth:`cancel` makes it a no-op."""
+
+    __slots__ = ("args", "cancelled", "fn")
+
+    def __init__(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Timers:
+    """Run calls after a delay, in order of when they are due, on one daemon thread
+    (started when first needed, and again if it ever died). A call that raises is
+    logged; a slow one delays those due after it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, int, _Call]] = []
+        self._order = itertools.count()  # ties go in the order they were asked for
+        self._thread: threading.Thread | None = None
+
+    def call_later(self, delay: float, fn: Callable[..., None], *args: Any) -> _Call:
+        call = _Call(fn, args)
+        with self._cond:
+            heapq.heappush(self._due, (time.monotonic() + delay, next(self._order), call))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="realmsync-throttle", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return call
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._due:
+                        self._cond.wait()
+                        continue
+                    wait = self._due[0][0] - time.monotonic()
+                    if wait <= 0:
+                        call = heapq.heappop(self._due)[2]
+                        break
+                    self._cond.wait(wait)
+            if call.cancelled:
+                continue
+            try:
+                call.fn(*call.args)
+            except Exception:
+                logger.exception("timed call %r raised", call.fn)
+
+
+_TIMERS = _Timers()
 
 
 class Throttle(Generic[T]):
@@ -47,7 +113,7 @@ class Throttle(Generic[T]):
         self._seq = 0
         self._emitted = 0
         self._pending: tuple[int, T] | None = None
-        self._timer: threading.Timer | None = None
+        self._timer: _Call | None = None
         self._timer_id = 0  # tells a stale timer (flushed, then replaced) from the current one
         self._closed = False
 
@@ -96,11 +162,7 @@ class Throttle(Generic[T]):
 
     def _schedule(self, delay: float) -> None:
         self._timer_id += 1
-        timer = threading.Timer(max(0.0, delay), self._fire, args=(self._timer_id,))
-        timer.daemon = True
-        timer.name = "realmsync-throttle"
-        self._timer = timer
-        timer.start()
+        self._timer = _TIMERS.call_later(max(0.0, delay), self._fire, self._timer_id)
 
     def _fire(self, timer_id: int) -> None:
         with self._lock:

@@ -93,3 +93,34 @@ def test_a_failing_update_is_logged_not_raised(caplog: pytest.LogCaptureFixture)
     throttle(2)
     wait_until(lambda: throttle.calls == 2, what="the trailing call")
     assert "render failed" in caplog.text
+
+
+def test_trailing_edges_of_many_throttles_share_one_thread() -> None:
+    # A watched session renders several widgets' trailing edges many times a second;
+    # each must not start a thread of its own.
+    seen: dict[int, list[int]] = {k: [] for k in range(20)}
+    throttles = [Throttle(seen[k].append, interval=0.02) for k in range(20)]
+    names: set[int] = set()
+    for round_ in range(5):
+        for k, throttle in enumerate(throttles):
+            throttle(round_ * 10)  # the leading edge, or pending
+            throttle(round_ * 10 + k + 1)  # pending: goes out on the trailing edge
+        names |= {t.ident or 0 for t in threading.enumerate() if t.name == "realmsync-throttle"}
+        wait_until(lambda: not any(t.pending for t in throttles), what="the trailing edges")
+    assert len(names) == 1
+    for k in range(20):
+        assert seen[k][-1] == 40 + k + 1  # every throttle ended on its newest value
+
+
+def test_timed_calls_run_in_order_of_when_they_are_due() -> None:
+    from realmsync_nb.notebook.throttle import _TIMERS
+
+    order: list[str] = []
+    done = threading.Event()
+    _TIMERS.call_later(T(0.3), lambda: (order.append("late"), done.set()))
+    _TIMERS.call_later(T(0.05), order.append, "early")
+    cancelled = _TIMERS.call_later(T(0.1), order.append, "cancelled")
+    cancelled.cancel()
+    _TIMERS.call_later(T(0.1), lambda: 1 / 0)  # logged; the thread goes on
+    assert done.wait(T(5))
+    assert order == ["early", "late"]
