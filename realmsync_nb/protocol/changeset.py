@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from .schema import PYTHON_TYPES, FieldSchema, TableSchema, Value, ValueType, check_value
-from .wire import MAX_VARINT_BYTES, DecodeError, Reader, Writer
+from .wire import DecodeError, Reader, Writer, uint_at
 
 _F64 = struct.Struct("<d")
 
@@ -399,21 +399,7 @@ def _uint_at(data: bytes, pos: int) -> tuple[int, int]:
     b = data[pos]
     if b < 0x80:
         return b, pos + 1
-    # The Reader's loop, inline: timestamps and peer ids take 8-10 bytes each.
-    result = b & 0x7F
-    shift = 7
-    pos += 1
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            if result >= 1 << 64:
-                raise DecodeError("varint larger than 64 bits")
-            return result, pos
-        shift += 7
-        if shift >= 7 * MAX_VARINT_BYTES:
-            raise DecodeError(f"varint longer than {MAX_VARINT_BYTES} bytes")
+    return uint_at(data, pos, len(data))  # timestamps and peer ids: 8-10 bytes
 
 
 def _value_at(data: bytes, pos: int) -> tuple[Value, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["DecodeError", "Reader", "Writer"]
+__all__ = ["DecodeError", "Reader", "Writer", "uint_at"]
 
 _F64 = struct.Struct("<d")
 MAX_VARINT_BYTES = 10  # 64-bit values need at most 10 groups of 7 bits
@@ -18,6 +18,28 @@ MAX_VARINT_BYTES = 10  # 64-bit values need at most 10 groups of 7 bits
 
 class DecodeError(ValueError):
     """Input bytes do not follow the wire format."""
+
+
+def uint_at(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
+    """The unsigned varint at ``pos`` (ending before ``end``) and the position after it.
+
+    Raises:
+        DecodeError: truncated, longer than MAX_VARINT_BYTES, or over 64 bits.
+    """
+    result = 0
+    shift = 0
+    for _ in range(MAX_VARINT_BYTES):
+        if pos >= end:
+            raise DecodeError("truncated varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            if result >= 1 << 64:
+                raise DecodeError("varint larger than 64 bits")
+            return result, pos
+        shift += 7
+    raise DecodeError(f"varint longer than {MAX_VARINT_BYTES} bytes")
 
 
 class Writer:
@@ -78,25 +100,12 @@ class Reader:
             raise DecodeError(f"{self.end - self.pos} unexpected trailing bytes")
 
     def uint(self) -> int:
-        data, pos, end = self.data, self.pos, self.end
-        if pos < end and data[pos] < 0x80:  # one byte: most counts, lengths and indexes
+        data, pos = self.data, self.pos
+        if pos < self.end and data[pos] < 0x80:  # one byte: most counts, lengths and indexes
             self.pos = pos + 1
             return data[pos]
-        result = 0
-        shift = 0
-        for _ in range(MAX_VARINT_BYTES):
-            if pos >= end:
-                raise DecodeError("truncated varint")
-            b = data[pos]
-            pos += 1
-            result |= (b & 0x7F) << shift
-            if b < 0x80:
-                self.pos = pos
-                if result >= 1 << 64:
-                    raise DecodeError("varint larger than 64 bits")
-                return result
-            shift += 7
-        raise DecodeError("varint longer than 10 bytes")
+        value, self.pos = uint_at(data, pos, self.end)
+        return value
 
     def sint(self) -> int:
         v = self.uint()
