@@ -677,9 +677,7 @@ class LocalTransaction:
         self.flush_pending()
         if not self._touched and not self._new:
             return
-        bodies = self._encode_few_new() if not self._touched else None
-        if bodies is None:
-            bodies = self._encode()
+        bodies = self._encode_few_new() or self._encode()
         if max(map(len, bodies)) > MAX_MESSAGE_SIZE - 4096:
             raise RealmError(
                 "a single object's change is larger than a sync message "
@@ -710,7 +708,7 @@ class LocalTransaction:
         """The usual small write, a few new objects of one table, encoded straight
         from their rows; None when the part is anything else."""
         new = self._new
-        if not 0 < len(new) < GROUP_MIN_ROWS:
+        if self._touched or not 0 < len(new) < GROUP_MIN_ROWS:
             return None
         table = next(iter(new.values()))[0]
         rows = [row for t, row in new.values() if t == table]
