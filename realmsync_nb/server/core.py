@@ -49,6 +49,10 @@ __all__ = ["ServerConfig", "SyncServerCore"]
 
 logger = logging.getLogger("realmsync_nb.server")
 
+# When new history reaches the server's object copy (see SyncServerCore._schedule_apply).
+APPLY_AT_ONCE_BYTES = 64 * 1024
+APPLY_IDLE = 0.05
+
 # How far ahead of the server's clock a changeset's timestamp may be (microseconds).
 # A replica that integrates a changeset moves its hybrid clock up to that timestamp,
 # so one changeset clocked in the far future would drag every replica's clock (and
@@ -73,6 +77,7 @@ class SyncServerCore:
         self.storage = storage
         self.config = config or ServerConfig()
         self.sessions: set[ServerSession] = set()
+        self._apply_handle: asyncio.Handle | None = None
 
     async def handle(self, ws: ServerConnection) -> None:
         path = ws.request.path if ws.request is not None else ""
@@ -98,6 +103,32 @@ class SyncServerCore:
             if s is not writer:
                 s.wake()
         writer.wake()
+        self._schedule_apply()
+
+    def _schedule_apply(self) -> None:
+        """Apply new history to the server's object copy after the senders just woken
+        have run, so the copy is never on the path of a change (see
+        storage.apply_pending). A few small changes are applied on the loop's next
+        turn, while they travel; large ones once uploads pause for APPLY_IDLE, so a
+        bulk upload is integrated and forwarded part after part without stopping to
+        apply each (the storage applies early if too much waits)."""
+        loop = asyncio.get_running_loop()
+        if self.storage.unapplied_bytes() <= APPLY_AT_ONCE_BYTES:
+            if self._apply_handle is None:
+                self._apply_handle = loop.call_soon(self._apply_pending)
+        else:
+            if self._apply_handle is not None:
+                self._apply_handle.cancel()
+            self._apply_handle = loop.call_later(APPLY_IDLE, self._apply_pending)
+
+    def _apply_pending(self) -> None:
+        self._apply_handle = None
+        try:
+            self.storage.apply_pending()
+        except Exception:
+            # A bug (the changesets were validated); the history is intact and the
+            # next attempt, or the next start, applies it.
+            logger.exception("applying integrated changesets to the server's objects failed")
 
     # -- auth ---------------------------------------------------------------------
 

@@ -2,9 +2,17 @@
 
 :class:`ServerStorage` is the interface the sync server drives; :class:`SQLiteStorage`
 is the first engine. Every upload is integrated in one SQLite transaction that
-appends to the history, applies the merge rules to the server's copy of the
-objects, and advances the client's upload cursor, so a crash leaves either all of
-an upload or none of it, and a re-sent changeset is recognised by its client version.
+appends to the history and advances the client's upload cursor, so a crash leaves
+either all of an upload or none of it, and a re-sent changeset is recognised by
+its client version.
+
+The server's copy of the objects (what :meth:`SQLiteStorage.snapshot` shows) is
+derived from the history, and kept off the path of a change: the server forwards a
+change first and applies the merge rules to its copy afterwards, in a transaction
+of its own that also records how far the copy has got (``applied`` in ``_meta``).
+Until then the decoded changesets wait in memory, at most
+:data:`UNAPPLIED_BYTES` of them; a crash in between loses nothing, because opening
+the file applies whatever history the copy is missing.
 
 History rows carry running byte totals (overall and per origin), so the exact
 number of bytes still to send to a client is two index look-ups, not a scan.
@@ -28,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..protocol.changeset import Changeset
+from ..protocol.changeset import Changeset, decode_changeset
 from ..protocol.schema import TableSchema, merge_schemas
 from ..store.objects import ObjectTables, schema_from_json, schema_json
 from ..store.realm_file import connect, transaction
@@ -38,6 +46,11 @@ __all__ = ["ClientRecord", "HistoryBatch", "SQLiteStorage", "ServerStorage", "Us
 # How many bytes of the newest history rows are kept in memory for the senders of
 # sessions that keep up (at least the newest row, whatever its size).
 TAIL_BYTES = 4 * 1024 * 1024
+# How many bytes of integrated changesets may wait to be applied to the server's
+# copy of the objects; an upload beyond this applies them first.
+UNAPPLIED_BYTES = 16 * 1024 * 1024
+# Changesets applied per transaction when catching up from the file.
+_CATCH_UP_ROWS = 1000
 _SQLITE_MAX_INT = 2**63 - 1
 
 
@@ -78,6 +91,8 @@ class ServerStorage(Protocol):
     def get_client(self, client_id: int) -> ClientRecord | None: ...
     def add_client(self, client_id: int, user_id: str) -> ClientRecord: ...
     def integrate(self, client_id: int, changesets: list[tuple[int, Changeset, bytes]]) -> int: ...
+    def apply_pending(self) -> None: ...
+    def unapplied_bytes(self) -> int: ...
     def read_history(
         self, after: int, exclude_origin: int, max_bytes: int, max_count: int
     ) -> HistoryBatch: ...
@@ -145,6 +160,27 @@ class SQLiteStorage:
         self._tail_off = 0
         self._tail_first = self._latest + 1
         self._tail_bytes = 0
+        # The server version the object copy reflects, and the decoded changesets
+        # after it (exactly versions _applied + 1 .. _latest, in order, once the
+        # file has caught up below).
+        if "applied" not in meta:  # a new file, or one that applied as it integrated
+            with transaction(c):
+                c.execute("INSERT INTO _meta VALUES ('applied', ?)", (self._latest,))
+            meta["applied"] = self._latest
+        self._applied: int = int(meta["applied"])
+        self._unapplied: list[tuple[int, Changeset]] = []
+        self._unapplied_bytes = 0
+        while self._applied < self._latest:  # after a crash: the history the copy missed
+            self._apply(
+                [
+                    (sv, decode_changeset(body))
+                    for sv, body in c.execute(
+                        "SELECT server_version, body FROM _history WHERE server_version > ? "
+                        "ORDER BY server_version LIMIT ?",
+                        (self._applied, _CATCH_UP_ROWS),
+                    )
+                ]
+            )
 
     # -- schema -----------------------------------------------------------------
 
@@ -155,6 +191,7 @@ class SQLiteStorage:
         """Add a client's tables and fields; raises ValueError on a conflict."""
         merged = merge_schemas(self._schema, tables)
         if merged != self._schema:
+            self.apply_pending()  # changesets validated under the old schema go in first
             with transaction(self.conn):
                 self.objects.ensure_schema(merged.values())
                 self.conn.execute(
@@ -182,21 +219,26 @@ class SQLiteStorage:
         return ClientRecord(client_id, user_id, 0)
 
     def integrate(self, client_id: int, changesets: list[tuple[int, Changeset, bytes]]) -> int:
-        """Append and apply validated changesets; returns the client's new last version.
+        """Append validated changesets to the history; returns the client's new last
+        version. They reach the object copy later (see :meth:`apply_pending`).
 
         Changesets at or below the client's last integrated version are skipped:
         they were integrated before the client saw the acknowledgement.
         """
         c = self.conn
+        if self._unapplied_bytes > UNAPPLIED_BYTES:
+            self.apply_pending()
         latest, cum = self._latest, self._cum
+        start = cum
         last, ocum = self._client_totals(client_id)
         rows = []
+        applied = []
         with transaction(c):
             for cv, cs, body in changesets:
                 if cv <= last:
                     continue
-                self.objects.apply_changeset(cs)
                 latest += 1
+                applied.append((latest, cs))
                 cum += len(body)
                 ocum += len(body)
                 rows.append((latest, client_id, cv, body, cum, ocum))
@@ -214,7 +256,29 @@ class SQLiteStorage:
         self._latest, self._cum = latest, cum
         self._client_state[client_id] = (last, ocum)
         self._remember(rows)
+        self._unapplied.extend(applied)
+        self._unapplied_bytes += cum - start
         return last
+
+    def unapplied_bytes(self) -> int:
+        """Bytes of the integrated changesets not yet applied to the object copy."""
+        return self._unapplied_bytes
+
+    def apply_pending(self) -> None:
+        """Apply the integrated changesets waiting in memory to the object copy, in
+        one transaction that also records how far the copy has got."""
+        if self._unapplied:
+            self._apply(self._unapplied)
+
+    def _apply(self, changesets: list[tuple[int, Changeset]]) -> None:
+        with transaction(self.conn):
+            for _, cs in changesets:
+                self.objects.apply_changeset(cs)
+            self.conn.execute("UPDATE _meta SET value=? WHERE key='applied'", (changesets[-1][0],))
+        self._applied = changesets[-1][0]
+        if changesets is self._unapplied:
+            self._unapplied = []
+            self._unapplied_bytes = 0
 
     def _client_totals(self, client_id: int) -> tuple[int, int]:
         """(last client version integrated, bytes of its history) of a client, read once."""
@@ -338,7 +402,11 @@ class SQLiteStorage:
     # -- inspection -----------------------------------------------------------------
 
     def snapshot(self) -> dict[str, dict[Any, dict[str, Any]]]:
+        self.apply_pending()
         return self.objects.snapshot()
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.apply_pending()  # not needed for safety (opening catches up), only tidier
+        finally:
+            self.conn.close()

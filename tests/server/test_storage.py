@@ -4,13 +4,17 @@ SQLiteStorage keeps each client's totals and the newest history rows in memory
 so that a session that keeps up is served without reading back what was just
 written. These tests compare every answer it gives from memory with the answer
 the same file gives when reopened (nothing in memory), including after a tail
-that was trimmed and after a transaction that failed half-way.
+that was trimmed and after a transaction that failed half-way. The object copy,
+applied after the history, must end as the merge rules define for that history,
+also after a crash between the two.
 """
 
 from __future__ import annotations
 
 import random
 import sqlite3
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +22,10 @@ from realmsync_nb.protocol.changeset import Changeset, Instruction, Op, encode_c
 from realmsync_nb.protocol.schema import FieldSchema, TableSchema, ValueType
 from realmsync_nb.server import storage as storage_mod
 from realmsync_nb.server.storage import SQLiteStorage
+from tests.client.test_convergence import expected_state
+from tests.conftest import OpenRealm
+from tests.helpers import Note, wait_until
+from tests.reliability.workload import history_bodies
 
 NOTE = TableSchema(
     "Note",
@@ -201,3 +209,101 @@ def test_the_tail_stays_within_its_budget_when_large_rows_follow_small_ones(
         assert live[-1][0] == st.latest_version()
     assert _answers(st) == _expected(_history(st), st.latest_version())
     st.close()
+
+
+# -- the object copy: applied after the change has gone out, caught up on open -----
+
+
+def _applied_mark(tmp_path: object) -> tuple[int, int]:
+    """(the 'applied' version in _meta, Note rows in the object copy), read from the file."""
+    c = sqlite3.connect(f"{tmp_path}/server.sqlite")
+    try:
+        mark = c.execute("SELECT value FROM _meta WHERE key='applied'").fetchone()
+        rows = c.execute('SELECT count(*) FROM "Note"').fetchone()[0]
+        return (-1 if mark is None else int(mark[0])), rows
+    finally:
+        c.close()
+
+
+def _merged(tmp_path: object) -> dict[str, Any]:
+    """The state the merge rules define for the file's history (of this schema's table)."""
+    return {"Note": expected_state(history_bodies(str(tmp_path)))["Note"]}
+
+
+def test_the_object_copy_is_applied_after_the_history_and_before_a_snapshot(
+    tmp_path: object,
+) -> None:
+    st = _new(tmp_path)
+    _fill(st, random.Random(5), 30)
+    # The history has every change; the copy none of them yet (it is applied after
+    # the change is forwarded, on the server's next turn of its loop).
+    assert _applied_mark(tmp_path) == (0, 0)
+    assert st.snapshot() == _merged(tmp_path)  # a snapshot applies what waits
+    assert _applied_mark(tmp_path)[0] == st.latest_version()
+    st.close()
+
+
+def test_changesets_integrated_but_not_yet_applied_survive_a_crash(tmp_path: object) -> None:
+    st = _new(tmp_path)
+    last = _fill(st, random.Random(6), 30)
+    st.apply_pending()
+    applied_before = st.latest_version()
+    for v in range(1, 11):  # integrated (committed), not applied
+        origin = CLIENTS[v % 3]
+        cs, body = _changeset(origin, 10**6 + v, v % 4, 50)
+        last[origin] += 1
+        st.integrate(origin, [(last[origin], cs, body)])
+    st.conn.close()  # a crash: nothing after the integrate transactions ran
+    assert _applied_mark(tmp_path)[0] == applied_before
+    reopened = SQLiteStorage(str(tmp_path))  # opening applies the history the copy missed
+    assert _applied_mark(tmp_path)[0] == reopened.latest_version() > applied_before
+    assert reopened.snapshot() == _merged(tmp_path)
+    reopened.close()
+
+
+def test_changesets_waiting_to_be_applied_stay_within_their_budget(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_mod, "UNAPPLIED_BYTES", 2_000)
+    st = _new(tmp_path)
+    for v in range(1, 60):
+        cs, body = _changeset(11, 1_000 + v, v, 300)
+        st.integrate(11, [(v, cs, body)])
+        # At most the budget plus the upload that went over it.
+        assert st._unapplied_bytes <= 2_000 + len(body)
+        assert len(st._unapplied) == st.latest_version() - _applied_mark(tmp_path)[0]
+    assert _applied_mark(tmp_path)[0] > 0  # uploads past the budget applied the rest first
+    assert st.snapshot() == _merged(tmp_path)
+    st.close()
+
+
+def test_a_file_without_the_applied_mark_counts_as_fully_applied(tmp_path: object) -> None:
+    # Files from before the mark applied each upload inside its integrate transaction.
+    st = _new(tmp_path)
+    _fill(st, random.Random(8), 20)
+    expected = st.snapshot()
+    st.close()
+    c = sqlite3.connect(f"{tmp_path}/server.sqlite")
+    with c:
+        c.execute("DELETE FROM _meta WHERE key='applied'")
+    c.close()
+    reopened = SQLiteStorage(str(tmp_path))
+    assert _applied_mark(tmp_path)[0] == reopened.latest_version()
+    assert reopened.snapshot() == expected
+    reopened.close()
+
+
+def test_a_running_server_applies_each_upload_to_its_copy_unasked(
+    tmp_path: Path, open_realm: OpenRealm
+) -> None:
+    # Nobody asks for a snapshot: the server's loop applies after forwarding.
+    realm = open_realm("A")
+    with realm.write():
+        for i in range(5):
+            realm.add(Note(id=i, text=f"note {i}"))
+    realm.sync_session.wait_for_upload().result(10)
+    data_dir = tmp_path / "server"
+    latest = history_bodies(str(data_dir))
+    wait_until(
+        lambda: _applied_mark(data_dir) == (len(latest), 5), what="the server's copy to catch up"
+    )
