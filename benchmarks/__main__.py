@@ -18,7 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .harness import ALL, OURS, plan, run_plan
+from .harness import ALL, MACHINE, OURS, plan, run_plan
 from .report import render
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     p.add_argument("--name", default=None, help="file name stem (default latest / quick)")
     p.add_argument("--repeats", type=int, default=None, help="repeats per engine and size")
-    p.add_argument("--scenarios", default=None, help="comma-separated subset, e.g. 1,3")
-    p.add_argument("--engines", default=None, help=f"comma-separated subset of {','.join(ALL)}")
+    p.add_argument(
+        "--scenarios", default=None, help="comma-separated subset, e.g. 1,3 (0: the limits)"
+    )
+    p.add_argument(
+        "--engines", default=None, help=f"comma-separated subset of {','.join((*ALL, MACHINE))}"
+    )
     p.add_argument("--profile", action="store_true", help="profile ours in scenarios 1 and 2")
     p.add_argument("--keep-raw", action="store_true", help="with --profile: keep py-spy stacks")
     p.add_argument("--report", type=Path, default=None, help="only re-render this .jsonl")
@@ -76,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenarios:
         wanted = {int(s) for s in args.scenarios.split(",")}
         cases = [c for c in cases if c.scenario in wanted]
-    engines = set(args.engines.split(",")) if args.engines else set(ALL)
+    engines = set(args.engines.split(",")) if args.engines else {*ALL, MACHINE}
     if not _peer_available():
         print(
             "pycrdt / pycrdt-websocket / hypercorn / httpx-ws are not installed: ours only "
             "(pip install -e '.[bench]')",
             file=sys.stderr,
         )
-        engines = {OURS}
+        engines = {OURS, MACHINE} & engines
     cases = [replace(c, engines=tuple(e for e in c.engines if e in engines)) for c in cases]
     cases = [c for c in cases if c.engines]
 

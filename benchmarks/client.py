@@ -15,8 +15,8 @@ from typing import Any
 
 from .workload import RESULT_PREFIX, emit, peak_rss_mib
 
-ENGINES = ("ours", "peer-hypercorn", "peer-websockets")
-SCENARIOS = ("each", "one_txn", "latency", "catch_up", "idle", "observed")
+ENGINES = ("ours", "peer-hypercorn", "peer-websockets", "machine")
+SCENARIOS = ("each", "one_txn", "latency", "catch_up", "idle", "observed", "limits")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="rs-bench-", dir=args.workdir) as workdir:
         try:
-            if args.engine == "ours":
+            if args.engine == "machine":
+                from . import limits
+
+                result = limits.run(args.n, workdir)
+            elif args.engine == "ours":
                 from . import ours
 
                 result = ours.run(

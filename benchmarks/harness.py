@@ -24,18 +24,20 @@ from typing import Any
 
 from .procs import ClientProcess, ServerProcess, frozen_engine
 
-__all__ = ["PEERS", "Case", "plan", "run_plan"]
+__all__ = ["MACHINE", "PEERS", "Case", "plan", "run_plan"]
 
 OURS = "ours"
 PEERS = ("peer-hypercorn", "peer-websockets")
 ALL = (OURS, *PEERS)
+# Not an engine: this machine's limits and floors (benchmarks/limits.py), no server.
+MACHINE = "machine"
 
 
 @dataclass(frozen=True)
 class Case:
     """One scenario at one size, run ``repeats`` times per engine."""
 
-    scenario: int  # 1..6, as in the issue
+    scenario: int  # 1..6, as in the issue; 0 for the machine's limits
     kind: str  # the client's scenario name (benchmarks/client.py)
     n: int
     engines: tuple[str, ...] = ALL
@@ -58,6 +60,7 @@ def plan(quick: bool, repeats: int | None = None) -> list[Case]:
             Case(5, "idle", 20, repeats=r, timeout=30, stall=5),
             Case(6, "each", 1_000, (OURS,), repeats=r, timeout=30, stall=5, variant="none"),
             Case(6, "observed", 1_000, (OURS,), repeats=r, timeout=30, stall=5, variant="observed"),
+            Case(0, "limits", 20, (MACHINE,), repeats=r, timeout=60),
         ]
     r = repeats or 3
     # The 100k and 1M cases take minutes each; fewer repeats keep a full run near
@@ -82,6 +85,9 @@ def plan(quick: bool, repeats: int | None = None) -> list[Case]:
         # -6 % in one full run and +9 % in the next, an hour apart).
         Case(6, "each", 10_000, (OURS,), repeats=max(r, 15), variant="none"),
         Case(6, "observed", 10_000, (OURS,), repeats=max(r, 15), variant="observed"),
+        # About 6 s each: SQLite commits and bulk rows, a websockets echo, and the
+        # latency floor over TCP and over websockets (500 writes each).
+        Case(0, "limits", 500, (MACHINE,), repeats=r, timeout=120),
     ]
 
 
@@ -138,6 +144,8 @@ def run_one(case: Case, engine: str) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     wall = time.perf_counter()
     record: dict[str, Any] = {}
+    if engine == MACHINE:
+        return _run_limits(case, load_before, wall)
     server = ServerProcess(engine)
     client: ClientProcess | None = None
     try:
@@ -180,6 +188,21 @@ def run_one(case: Case, engine: str) -> dict[str, Any]:
     return record
 
 
+def _run_limits(case: Case, load_before: float, wall: float) -> dict[str, Any]:
+    """The machine's limits: one client process (it starts its own relays), no server."""
+    client = ClientProcess(MACHINE, case.kind, "-", case.n, timeout=case.timeout)
+    try:
+        record = client.result(case.timeout + 60)
+    except Exception as exc:
+        record = {"converged": False, "error": f"harness: {type(exc).__name__}: {exc}"}
+    finally:
+        client.kill()
+    record["run_wall_seconds"] = round(time.perf_counter() - wall, 2)
+    record["load_before"] = round(load_before, 2)
+    record["load_after"] = round(os.getloadavg()[0], 2)
+    return record
+
+
 @dataclass
 class Progress:
     """Prints one line per run, so a long run shows where it is."""
@@ -202,6 +225,12 @@ class Progress:
 
 
 def _headline(rec: dict[str, Any]) -> str:
+    if rec.get("floor_ws_p50_ms") is not None:
+        return (
+            f"floor p50 {rec['floor_tcp_p50_ms']:.2f} ms (TCP), {rec['floor_ws_p50_ms']:.2f} ms "
+            f"(websockets); {rec['sqlite_commits_per_s']:,.0f} commits/s; "
+            f"echo {rec['ws_echo_msgs_per_s']:,.0f} msgs/s"
+        )
     if rec.get("p50_ms") is not None:
         return f"p50 {rec['p50_ms']:.2f} ms, p99 {rec['p99_ms']:.2f} ms"
     if rec.get("server_idle_rss_mib") is not None:

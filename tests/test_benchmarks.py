@@ -15,6 +15,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+LIMIT_KEYS = (
+    "ws_echo_msgs_per_s",
+    "sqlite_commits_per_s",
+    "sqlite_rows_per_s_one_txn",
+    "floor_tcp_p50_ms",
+    "floor_tcp_p99_ms",
+    "floor_ws_p50_ms",
+    "floor_ws_p99_ms",
+)
 
 
 def _peer_installed() -> bool:
@@ -36,11 +45,15 @@ def test_quick_benchmarks_complete_and_converge(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]
     assert records[0]["type"] == "meta"
     runs = [r for r in records if r["type"] == "run"]
-    assert {r["scenario"] for r in runs} == {1, 2, 3, 4, 5, 6}
+    assert {r["scenario"] for r in runs} == {0, 1, 2, 3, 4, 5, 6}
     engines = {"ours", "peer-hypercorn", "peer-websockets"} if _peer_installed() else {"ours"}
     for scenario in (1, 2, 3, 4, 5):
         assert {r["engine"] for r in runs if r["scenario"] == scenario} == engines
     assert {r["variant"] for r in runs if r["scenario"] == 6} == {"none", "observed"}
+    (limits,) = [r for r in runs if r["scenario"] == 0]
+    assert limits["engine"] == "machine"
+    for key in LIMIT_KEYS:
+        assert isinstance(limits[key], float) and 0 < limits[key] < float("inf"), key
     bad = [r for r in runs if not r["converged"] or r.get("error")]
     assert not bad, json.dumps(bad, indent=1)[:3000]
     assert (tmp_path / "quick.md").read_text().startswith("# Benchmark results (quick run)")
@@ -91,3 +104,53 @@ def test_the_s1_target_names_a_peer_that_lost_updates_in_some_runs() -> None:
     assert "1.20× (vs peer/ws); ours" in line
     assert "converged every time" not in line
     assert line.endswith("| **not met** |")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+def test_the_latency_floor_commits_every_write_at_both_ends(tmp_path: Path, transport: str) -> None:
+    # The floor claims three durable commits per write: A's and B's files hold them all.
+    import sqlite3
+
+    from benchmarks import limits
+    from benchmarks.workload import record
+
+    floor = limits.latency_floor(str(tmp_path), transport, 25)
+    assert 0 < floor["p50_ms"] <= floor["p99_ms"]
+    for end in ("a", "b"):
+        c = sqlite3.connect(tmp_path / f"{end}-{transport}.db")
+        rows = c.execute("SELECT id, a FROM r ORDER BY id").fetchall()
+        c.close()
+        assert rows == [(i, record(i)["a"]) for i in range(25)], end
+
+
+def _s2_s3_records() -> list[dict[str, object]]:
+    s2 = [
+        {**_run(engine, seconds), "scenario": 2, "kind": "one_txn", "write_seconds": write}
+        for engine, seconds, write in (("ours", 2.0, 1.2), ("peer-websockets", 2.0, 0.3))
+    ]
+    s3 = [
+        {**_run(engine, 1.0), "scenario": 3, "kind": "latency", "n": 500, "p50_ms": p50}
+        for engine, p50 in (("ours", 0.7), ("peer-websockets", 0.4))
+    ]
+    machine = {
+        **_run("machine", 1.0),
+        "scenario": 0,
+        "kind": "limits",
+        "n": 500,
+        "floor_tcp_p50_ms": 0.33,
+        "floor_ws_p50_ms": 0.41,
+    }
+    return [*s2, *s3, machine]
+
+
+def test_the_s2_and_s3_targets_show_what_the_machine_leaves_for_them() -> None:
+    from benchmarks.report import render
+
+    lines = render(_s2_s3_records()).splitlines()
+    s2 = next(x for x in lines if x.startswith("| S2 at 100k"))
+    # The peer at 50,000/s: 2x means 100k in 1.00 s, less than ours spent writing locally.
+    assert "1.00× (vs peer/ws); 2× needs the whole run within 1.00 s, and A's " in s2
+    assert "transaction alone took 1.20 s" in s2
+    s3 = next(x for x in lines if x.startswith("| S3 p50"))
+    assert "floor with three durable commits: plain TCP 0.330 ms; websockets 0.410 ms" in s3
+    assert any(x.startswith("## L. This machine's limits") for x in lines)

@@ -1,0 +1,342 @@
+"""This machine's limits, measured in the same run as the engines.
+
+Issue 5 states the limits it was written against (a websockets echo of 100-byte
+messages, SQLite commits and rows per second); this module measures them here, and
+two floors no engine with our guarantees can go below on this machine:
+
+- **the latency floor**: scenario 3's path stripped to what every such engine
+  must do. A writer thread commits one record to SQLite (WAL, synchronous=NORMAL)
+  and hands the bytes to an event loop on another thread, which sends them to a
+  relay process; the relay commits them to its own SQLite file and forwards them
+  to B's connection, back in the client process, whose loop commits them to B's
+  file and timestamps that commit. No protocol, no objects, no framing beyond a
+  length prefix: measured over plain TCP, and over the ``websockets`` library,
+  which both engines use.
+- **the local bulk floor** of scenario 2: one transaction of N ~100-byte rows
+  inserted with ``executemany``, the least a durable replica does to hold them.
+
+``python -m benchmarks.limits relay {tcp,ws}`` runs a relay (it prints its port);
+:func:`run` measures everything and returns one flat dict of numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .workload import percentile, record
+
+__all__ = ["run"]
+
+_ROW = "INSERT INTO r VALUES (?, ?, ?, ?, ?, ?)"
+_SCHEMA = "CREATE TABLE r (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c INT, d REAL, e INT)"
+
+
+def _db(path: str, *, threads: bool = False) -> sqlite3.Connection:
+    """A SQLite file as the engines open theirs: WAL, synchronous=NORMAL, autocommit."""
+    c = sqlite3.connect(path, isolation_level=None, check_same_thread=not threads)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=NORMAL")
+    c.execute(_SCHEMA)
+    c.execute("CREATE TABLE h (v INTEGER PRIMARY KEY, body BLOB)")
+    return c
+
+
+def _row(i: int) -> tuple[Any, ...]:
+    r = record(i)
+    return (r["id"], r["a"], r["b"], r["c"], r["d"], int(r["e"]))
+
+
+# -- SQLite ----------------------------------------------------------------------------
+
+
+def sqlite_commits(workdir: str, n: int) -> float:
+    """Commits per second, one ~100-byte row each."""
+    c = _db(os.path.join(workdir, "commits.db"))
+    rows = [_row(i) for i in range(n)]
+    t0 = time.perf_counter()
+    for row in rows:
+        c.execute("BEGIN")
+        c.execute(_ROW, row)
+        c.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    c.close()
+    return n / elapsed
+
+
+def sqlite_bulk(workdir: str, n: int) -> float:
+    """Rows per second inserted in one transaction (``executemany``)."""
+    c = _db(os.path.join(workdir, "bulk.db"))
+    rows = [_row(i) for i in range(n)]
+    t0 = time.perf_counter()
+    c.execute("BEGIN")
+    c.executemany(_ROW, rows)
+    c.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    c.close()
+    return n / elapsed
+
+
+# -- the relay process -------------------------------------------------------------------
+
+
+async def _serve_tcp(db: sqlite3.Connection) -> None:
+    peers: list[asyncio.StreamWriter] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        peers.append(w)
+        try:
+            while True:
+                head = await r.readexactly(4)
+                body = await r.readexactly(struct.unpack("<I", head)[0])
+                if body == b"echo":  # the echo test's marker: answer the sender
+                    w.write(head + body)
+                    continue
+                _relay_commit(db, body)
+                for p in peers:
+                    if p is not w:
+                        p.write(head + body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            peers.remove(w)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+async def _serve_ws(db: sqlite3.Connection) -> None:
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
+
+    peers: list[ServerConnection] = []
+
+    async def handle(ws: ServerConnection) -> None:
+        echo = ws.request is not None and ws.request.path == "/echo"
+        peers.append(ws)
+        try:
+            async for body in ws:
+                if echo:
+                    await ws.send(body)
+                    continue
+                data = body if isinstance(body, bytes) else body.encode()
+                _relay_commit(db, data)
+                for p in peers:
+                    if p is not ws:
+                        await p.send(data)
+        except ConnectionClosed:
+            pass
+        finally:
+            peers.remove(ws)
+
+    async with serve(handle, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        print(next(iter(server.sockets)).getsockname()[1], flush=True)
+        await asyncio.Future()
+
+
+def _relay_commit(db: sqlite3.Connection, body: bytes) -> None:
+    db.execute("BEGIN")
+    db.execute("INSERT INTO h (body) VALUES (?)", (body,))
+    db.execute("COMMIT")
+
+
+def _relay_main(transport: str) -> None:
+    workdir = tempfile.mkdtemp(prefix="rs-limits-relay-")
+    db = _db(os.path.join(workdir, "relay.db"))
+    asyncio.run(_serve_tcp(db) if transport == "tcp" else _serve_ws(db))
+
+
+class _Relay:
+    """A relay process on 127.0.0.1 (see ``python -m benchmarks.limits relay``)."""
+
+    def __init__(self, transport: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.limits", "relay", transport],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+# -- the client side ---------------------------------------------------------------------
+
+
+class _Link:
+    """Two connections to a relay (A's and B's) on an event loop in its own thread."""
+
+    def __init__(self, transport: str, port: int, on_b: Callable[[bytes], None]) -> None:
+        self.transport = transport
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._keep: list[Any] = []
+        self.send_a: Callable[[bytes], None]
+        fut = asyncio.run_coroutine_threadsafe(self._open(port, on_b), self.loop)
+        fut.result(10)
+
+    async def _open(self, port: int, on_b: Callable[[bytes], None]) -> None:
+        if self.transport == "tcp":
+            ra, wa = await asyncio.open_connection("127.0.0.1", port)
+            rb, wb = await asyncio.open_connection("127.0.0.1", port)
+
+            async def read_b() -> None:
+                while True:
+                    head = await rb.readexactly(4)
+                    on_b(await rb.readexactly(struct.unpack("<I", head)[0]))
+
+            self.send_a = lambda body: wa.write(struct.pack("<I", len(body)) + body)
+            self._keep += [ra, wa, rb, wb]
+        else:
+            from websockets.asyncio.client import connect
+
+            url = f"ws://127.0.0.1:{port}/relay"
+            a = await connect(url, compression=None, max_size=None)
+            b = await connect(url, compression=None, max_size=None)
+
+            async def read_b() -> None:
+                async for body in b:
+                    on_b(body if isinstance(body, bytes) else body.encode())
+
+            def send_a(body: bytes) -> None:
+                self.loop.create_task(a.send(body))
+
+            self.send_a = send_a
+            self._keep += [a, b]
+        await asyncio.sleep(0.1)  # both registered with the relay before anything is sent
+        self._keep.append(self.loop.create_task(read_b()))
+
+    def close(self) -> None:
+        async def shut() -> None:
+            for obj in self._keep:
+                if isinstance(obj, asyncio.Task):
+                    obj.cancel()
+                elif hasattr(obj, "close") and not isinstance(obj, asyncio.StreamReader):
+                    result = obj.close()
+                    if asyncio.iscoroutine(result):
+                        await result
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _more_than(items: list[float], n: int) -> bool:
+    return len(items) > n
+
+
+def latency_floor(workdir: str, transport: str, n: int) -> dict[str, float]:
+    """Scenario 3's path with nothing but three durable commits and the transport."""
+    a = _db(os.path.join(workdir, f"a-{transport}.db"))
+    b = _db(os.path.join(workdir, f"b-{transport}.db"), threads=True)
+    relay = _Relay(transport)
+    cond = threading.Condition()
+    stamps: list[float] = []
+
+    def on_b(body: bytes) -> None:  # on the loop thread: B commits what arrived
+        values = json.loads(body)
+        b.execute("BEGIN")
+        b.execute(_ROW, values)
+        b.execute("INSERT OR REPLACE INTO h VALUES (1, ?)", (body,))
+        b.execute("COMMIT")
+        stamp = time.perf_counter()
+        with cond:
+            stamps.append(stamp)
+            cond.notify_all()
+
+    link = _Link(transport, relay.port, on_b)
+    samples: list[float] = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            row = _row(i)
+            body = json.dumps(row).encode()
+            a.execute("BEGIN")
+            a.execute(_ROW, row)
+            a.execute("INSERT INTO h (body) VALUES (?)", (body,))
+            a.execute("COMMIT")
+            link.loop.call_soon_threadsafe(link.send_a, body)
+            with cond:
+                if not cond.wait_for(functools.partial(_more_than, stamps, i), 10):
+                    raise TimeoutError(f"the {transport} relay lost write {i}")
+            samples.append((stamps[i] - t0) * 1000)
+    finally:
+        link.close()
+        relay.close()
+        a.close()
+        b.close()
+    return {"p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)}
+
+
+def ws_echo(n: int) -> float:
+    """Messages per second a websockets client gets echoed by a websockets server
+    (100-byte messages, up to 100 in flight)."""
+    relay = _Relay("ws")
+
+    async def go() -> float:
+        from websockets.asyncio.client import connect
+
+        ws = await connect(f"ws://127.0.0.1:{relay.port}/echo", compression=None)
+        payload = b"x" * 100
+        window = asyncio.Semaphore(100)
+
+        async def receive() -> None:
+            for _ in range(n):
+                await ws.recv()
+                window.release()
+
+        t0 = time.perf_counter()
+        reader = asyncio.create_task(receive())
+        for _ in range(n):
+            await window.acquire()
+            await ws.send(payload)
+        await reader
+        elapsed = time.perf_counter() - t0
+        await ws.close()
+        return n / elapsed
+
+    try:
+        return asyncio.run(go())
+    finally:
+        relay.close()
+
+
+def run(n: int, workdir: str) -> dict[str, Any]:
+    """Every limit, sized from ``n`` (the latency floor's number of writes); one dict."""
+    out: dict[str, Any] = {"converged": True}
+    bulk_n = 1_000_000 if n >= 500 else 20_000
+    out["sqlite_commits_per_s"] = round(sqlite_commits(workdir, 20 * n), 1)
+    out["sqlite_rows_per_s_one_txn"] = round(sqlite_bulk(workdir, bulk_n), 1)
+    out["sqlite_bulk_rows"] = bulk_n
+    out["ws_echo_msgs_per_s"] = round(ws_echo(100 * n), 1)
+    for transport in ("tcp", "ws"):
+        floor = latency_floor(workdir, transport, n)
+        out[f"floor_{transport}_p50_ms"] = floor["p50_ms"]
+        out[f"floor_{transport}_p99_ms"] = floor["p99_ms"]
+    out["seconds"] = None
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "relay" and sys.argv[2] in ("tcp", "ws"):
+        _relay_main(sys.argv[2])
+    else:
+        sys.exit("usage: python -m benchmarks.limits relay {tcp,ws}")
