@@ -49,9 +49,12 @@ __all__ = ["ServerConfig", "SyncServerCore"]
 
 logger = logging.getLogger("realmsync_nb.server")
 
-# When new history reaches the server's object copy (see SyncServerCore._schedule_apply).
+# When new history reaches the server's object copy (see SyncServerCore._schedule_apply):
+# at once below APPLY_AT_ONCE_BYTES; else once uploads pause for APPLY_IDLE seconds,
+# and at the latest APPLY_MAX_WAIT seconds after the first change that waits.
 APPLY_AT_ONCE_BYTES = 64 * 1024
 APPLY_IDLE = 0.05
+APPLY_MAX_WAIT = 0.5
 
 # How far ahead of the server's clock a changeset's timestamp may be (microseconds).
 # A replica that integrates a changeset moves its hybrid clock up to that timestamp,
@@ -78,6 +81,7 @@ class SyncServerCore:
         self.config = config or ServerConfig()
         self.sessions: set[ServerSession] = set()
         self._apply_handle: asyncio.Handle | None = None
+        self._apply_deadline: float | None = None
 
     async def handle(self, ws: ServerConnection) -> None:
         path = ws.request.path if ws.request is not None else ""
@@ -109,26 +113,38 @@ class SyncServerCore:
         """Apply new history to the server's object copy after the senders just woken
         have run, so the copy is never on the path of a change (see
         storage.apply_pending). A few small changes are applied on the loop's next
-        turn, while they travel; large ones once uploads pause for APPLY_IDLE, so a
-        bulk upload is integrated and forwarded part after part without stopping to
-        apply each (the storage applies early if too much waits)."""
+        turn, while they travel. Larger amounts wait until uploads pause for
+        APPLY_IDLE, so a bulk upload is integrated and forwarded part after part
+        without stopping to apply each, but never longer than APPLY_MAX_WAIT, so a
+        steady trickle of uploads cannot hold the copy back."""
         loop = asyncio.get_running_loop()
         if self.storage.unapplied_bytes() <= APPLY_AT_ONCE_BYTES:
             if self._apply_handle is None:
                 self._apply_handle = loop.call_soon(self._apply_pending)
-        else:
-            if self._apply_handle is not None:
-                self._apply_handle.cancel()
-            self._apply_handle = loop.call_later(APPLY_IDLE, self._apply_pending)
+            return
+        now = loop.time()
+        if self._apply_deadline is None:
+            self._apply_deadline = now + APPLY_MAX_WAIT
+        if self._apply_handle is not None:
+            self._apply_handle.cancel()
+        self._apply_handle = loop.call_at(
+            min(now + APPLY_IDLE, self._apply_deadline), self._apply_pending
+        )
 
     def _apply_pending(self) -> None:
+        """One chunk of the apply, then the loop's next turn for the rest: uploads
+        and downloads go on between chunks."""
         self._apply_handle = None
+        self._apply_deadline = None
         try:
-            self.storage.apply_pending()
+            more = self.storage.apply_pending(chunk=True)
         except Exception:
-            # A bug (the changesets were validated); the history is intact and the
-            # next attempt, or the next start, applies it.
+            # The file failed (a changeset that fails is left out by the storage);
+            # the history is intact, and the next upload or the next start retries.
             logger.exception("applying integrated changesets to the server's objects failed")
+            return
+        if more:
+            self._apply_handle = asyncio.get_running_loop().call_soon(self._apply_pending)
 
     # -- auth ---------------------------------------------------------------------
 

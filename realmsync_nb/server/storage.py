@@ -8,11 +8,14 @@ its client version.
 
 The server's copy of the objects (what :meth:`SQLiteStorage.snapshot` shows) is
 derived from the history, and kept off the path of a change: the server forwards a
-change first and applies the merge rules to its copy afterwards, in a transaction
-of its own that also records how far the copy has got (``applied`` in ``_meta``).
-Until then the decoded changesets wait in memory, at most
-:data:`UNAPPLIED_BYTES` of them; a crash in between loses nothing, because opening
-the file applies whatever history the copy is missing.
+change first and applies the merge rules to its copy afterwards, in transactions
+of their own that also record how far the copy has got (``applied`` in ``_meta``).
+A crash in between loses nothing: opening the file applies whatever history the
+copy is missing. Recent changesets are kept decoded for that (at most
+:data:`DECODED_COUNT` and :data:`DECODED_BYTES`); older ones are decoded again
+from the history. A changeset the merge code fails on (a bug) is left out of the
+copy and logged, never allowed to stop the server: the history and every device
+still have it.
 
 History rows carry running byte totals (overall and per origin), so the exact
 number of bytes still to send to a client is two index look-ups, not a scan.
@@ -28,8 +31,10 @@ transaction has committed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
@@ -41,16 +46,21 @@ from ..protocol.schema import TableSchema, merge_schemas
 from ..store.objects import ObjectTables, schema_from_json, schema_json
 from ..store.realm_file import connect, transaction
 
+logger = logging.getLogger("realmsync_nb.server")
+
 __all__ = ["ClientRecord", "HistoryBatch", "SQLiteStorage", "ServerStorage", "UserRecord"]
 
 # How many bytes of the newest history rows are kept in memory for the senders of
 # sessions that keep up (at least the newest row, whatever its size).
 TAIL_BYTES = 4 * 1024 * 1024
-# How many bytes of integrated changesets may wait to be applied to the server's
-# copy of the objects; an upload beyond this applies them first.
-UNAPPLIED_BYTES = 16 * 1024 * 1024
-# Changesets applied per transaction when catching up from the file.
-_CATCH_UP_ROWS = 1000
+# Integrated changesets kept decoded until they are applied to the server's copy of
+# the objects, at most (by count and by encoded bytes; a small changeset decodes to
+# about 600 bytes of Python objects). Beyond that they are decoded again when applied.
+DECODED_COUNT = 2_000
+DECODED_BYTES = 4 * 1024 * 1024
+# At most this many changesets, or bytes of them (at least one), per apply transaction.
+APPLY_CHUNK_COUNT = 1_000
+APPLY_CHUNK_BYTES = 1024 * 1024
 _SQLITE_MAX_INT = 2**63 - 1
 
 
@@ -91,7 +101,7 @@ class ServerStorage(Protocol):
     def get_client(self, client_id: int) -> ClientRecord | None: ...
     def add_client(self, client_id: int, user_id: str) -> ClientRecord: ...
     def integrate(self, client_id: int, changesets: list[tuple[int, Changeset, bytes]]) -> int: ...
-    def apply_pending(self) -> None: ...
+    def apply_pending(self, chunk: bool = False) -> bool: ...
     def unapplied_bytes(self) -> int: ...
     def read_history(
         self, after: int, exclude_origin: int, max_bytes: int, max_count: int
@@ -160,27 +170,27 @@ class SQLiteStorage:
         self._tail_off = 0
         self._tail_first = self._latest + 1
         self._tail_bytes = 0
-        # The server version the object copy reflects, and the decoded changesets
-        # after it (exactly versions _applied + 1 .. _latest, in order, once the
-        # file has caught up below).
+        # The server version the object copy reflects and the history bytes up to it;
+        # decoded changesets after it, by server version, with their encoded size.
         if "applied" not in meta:  # a new file, or one that applied as it integrated
             with transaction(c):
                 c.execute("INSERT INTO _meta VALUES ('applied', ?)", (self._latest,))
             meta["applied"] = self._latest
         self._applied: int = int(meta["applied"])
-        self._unapplied: list[tuple[int, Changeset]] = []
-        self._unapplied_bytes = 0
-        while self._applied < self._latest:  # after a crash: the history the copy missed
-            self._apply(
-                [
-                    (sv, decode_changeset(body))
-                    for sv, body in c.execute(
-                        "SELECT server_version, body FROM _history WHERE server_version > ? "
-                        "ORDER BY server_version LIMIT ?",
-                        (self._applied, _CATCH_UP_ROWS),
-                    )
-                ]
-            )
+        row = c.execute(
+            "SELECT cum_size FROM _history WHERE server_version <= ? "
+            "ORDER BY server_version DESC LIMIT 1",
+            (self._applied,),
+        ).fetchone()
+        self._applied_cum: int = row[0] if row else 0
+        self._decoded: dict[int, tuple[Changeset, int]] = {}
+        self._decoded_bytes = 0
+        self.apply_failures = 0  # changesets left out of the copy since this open
+        try:
+            self.apply_pending()  # after a crash: the history the copy missed
+        except BaseException:
+            c.close()
+            raise
 
     # -- schema -----------------------------------------------------------------
 
@@ -226,19 +236,16 @@ class SQLiteStorage:
         they were integrated before the client saw the acknowledgement.
         """
         c = self.conn
-        if self._unapplied_bytes > UNAPPLIED_BYTES:
-            self.apply_pending()
         latest, cum = self._latest, self._cum
-        start = cum
         last, ocum = self._client_totals(client_id)
         rows = []
-        applied = []
+        decoded = []
         with transaction(c):
             for cv, cs, body in changesets:
                 if cv <= last:
                     continue
                 latest += 1
-                applied.append((latest, cs))
+                decoded.append((latest, cs, len(body)))
                 cum += len(body)
                 ocum += len(body)
                 rows.append((latest, client_id, cv, body, cum, ocum))
@@ -256,29 +263,91 @@ class SQLiteStorage:
         self._latest, self._cum = latest, cum
         self._client_state[client_id] = (last, ocum)
         self._remember(rows)
-        self._unapplied.extend(applied)
-        self._unapplied_bytes += cum - start
+        for sv, cs, nbytes in decoded:
+            if len(self._decoded) >= DECODED_COUNT or self._decoded_bytes + nbytes > DECODED_BYTES:
+                break
+            self._decoded[sv] = (cs, nbytes)
+            self._decoded_bytes += nbytes
         return last
 
     def unapplied_bytes(self) -> int:
         """Bytes of the integrated changesets not yet applied to the object copy."""
-        return self._unapplied_bytes
+        return self._cum - self._applied_cum
 
-    def apply_pending(self) -> None:
-        """Apply the integrated changesets waiting in memory to the object copy, in
-        one transaction that also records how far the copy has got."""
-        if self._unapplied:
-            self._apply(self._unapplied)
+    def apply_pending(self, chunk: bool = False) -> bool:
+        """Apply integrated changesets to the object copy, in transactions that also
+        record how far the copy has got; with ``chunk``, only the next
+        :data:`APPLY_CHUNK_COUNT` (or :data:`APPLY_CHUNK_BYTES`). True if some wait."""
+        while self._applied < self._latest:
+            rows = self._unapplied_rows(APPLY_CHUNK_COUNT, APPLY_CHUNK_BYTES)
+            batch = []
+            for sv, body in rows:
+                kept = self._decoded.pop(sv, None)
+                if kept is not None:
+                    self._decoded_bytes -= kept[1]
+                batch.append((sv, kept[0] if kept is not None else decode_changeset(body)))
+            self._apply(batch)
+            self._applied_cum += sum(len(body) for _, body in rows)
+            if chunk:
+                break
+        return self._applied < self._latest
+
+    def _unapplied_rows(self, max_count: int, max_bytes: int) -> list[tuple[int, bytes]]:
+        """The next history rows (server version, body) the copy lacks, from the tail
+        in memory when it has them; at least one, at most ``max_count`` or ``max_bytes``."""
+        after = self._applied
+        if after + 1 >= self._tail_first:
+            start = self._tail_off + after + 1 - self._tail_first
+            source: Iterable[tuple[int, bytes]] = (
+                (sv, body) for sv, _, body in self._tail[start : start + max_count]
+            )
+        else:
+            source = self.conn.execute(
+                "SELECT server_version, body FROM _history WHERE server_version > ? "
+                "ORDER BY server_version LIMIT ?",
+                (after, max_count),
+            )
+        out: list[tuple[int, bytes]] = []
+        total = 0
+        for sv, body in source:
+            if out and total + len(body) > max_bytes:
+                break
+            out.append((sv, body))
+            total += len(body)
+        return out
 
     def _apply(self, changesets: list[tuple[int, Changeset]]) -> None:
-        with transaction(self.conn):
-            for _, cs in changesets:
-                self.objects.apply_changeset(cs)
-            self.conn.execute("UPDATE _meta SET value=? WHERE key='applied'", (changesets[-1][0],))
+        c = self.conn
+        mark = "UPDATE _meta SET value=? WHERE key='applied'"
+        try:
+            with transaction(c):
+                for _, cs in changesets:
+                    self.objects.apply_changeset(cs)
+                c.execute(mark, (changesets[-1][0],))
+        except sqlite3.OperationalError:
+            raise  # the file (full, I/O, locked), not a changeset: try again later
+        except Exception:
+            # The merge code failed on one of them (a bug): find which, and apply the
+            # others. The history and every device still have the one left out.
+            with transaction(c):
+                for sv, cs in changesets:
+                    c.execute("SAVEPOINT apply_one")
+                    try:
+                        self.objects.apply_changeset(cs)
+                    except sqlite3.OperationalError:
+                        raise
+                    except Exception:
+                        c.execute("ROLLBACK TO apply_one")
+                        self.apply_failures += 1
+                        logger.exception(
+                            "server version %d could not be applied to the server's copy "
+                            "of the objects and is left out of it (a bug in the merge code; "
+                            "the history and every device still have it)",
+                            sv,
+                        )
+                    c.execute("RELEASE apply_one")
+                c.execute(mark, (changesets[-1][0],))
         self._applied = changesets[-1][0]
-        if changesets is self._unapplied:
-            self._unapplied = []
-            self._unapplied_bytes = 0
 
     def _client_totals(self, client_id: int) -> tuple[int, int]:
         """(last client version integrated, bytes of its history) of a client, read once."""

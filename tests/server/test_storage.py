@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -261,20 +262,91 @@ def test_changesets_integrated_but_not_yet_applied_survive_a_crash(tmp_path: obj
     reopened.close()
 
 
-def test_changesets_waiting_to_be_applied_stay_within_their_budget(
+def test_the_copy_is_applied_in_chunks_and_kept_decoded_only_within_bounds(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage_mod, "UNAPPLIED_BYTES", 2_000)
+    monkeypatch.setattr(storage_mod, "DECODED_COUNT", 10)
+    monkeypatch.setattr(storage_mod, "DECODED_BYTES", 2_000)
+    monkeypatch.setattr(storage_mod, "APPLY_CHUNK_COUNT", 7)
+    monkeypatch.setattr(storage_mod, "TAIL_BYTES", 3_000)  # the oldest are read from the file
     st = _new(tmp_path)
     for v in range(1, 60):
-        cs, body = _changeset(11, 1_000 + v, v, 300)
+        cs, body = _changeset(11, 1_000 + v, v % 23, 150)
         st.integrate(11, [(v, cs, body)])
-        # At most the budget plus the upload that went over it.
-        assert st._unapplied_bytes <= 2_000 + len(body)
-        assert len(st._unapplied) == st.latest_version() - _applied_mark(tmp_path)[0]
-    assert _applied_mark(tmp_path)[0] > 0  # uploads past the budget applied the rest first
+        assert len(st._decoded) <= 10 and st._decoded_bytes <= 2_000
+    assert st.unapplied_bytes() == sum(len(b) for _, _, b in _history(st))
+    marks = []
+    while st.apply_pending(chunk=True):
+        marks.append(_applied_mark(tmp_path)[0])
+    assert marks == list(range(7, 59, 7))  # one chunk per call, each committed with its mark
+    assert _applied_mark(tmp_path)[0] == st.latest_version() and st.unapplied_bytes() == 0
     assert st.snapshot() == _merged(tmp_path)
     st.close()
+
+
+def _history(st: SQLiteStorage) -> list[tuple[int, int, bytes]]:
+    return st.conn.execute("SELECT server_version, origin, body FROM _history").fetchall()
+
+
+def test_a_changeset_the_merge_code_fails_on_is_left_out_and_the_server_goes_on(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug in the merge code must not stop the server from applying the others, from
+    # taking uploads, or from starting again.
+    from realmsync_nb.store.objects import ObjectTables
+
+    apply = ObjectTables.apply_changeset
+
+    def buggy(self: ObjectTables, cs: Changeset) -> int:
+        if cs.instructions and cs.instructions[0].pk == 13:
+            raise RuntimeError("a merge bug")
+        return apply(self, cs)
+
+    monkeypatch.setattr(ObjectTables, "apply_changeset", buggy)
+    st = _new(tmp_path)
+    for v in range(1, 21):
+        cs, body = _changeset(11, 1_000 + v, v, 20)
+        st.integrate(11, [(v, cs, body)])
+    snap = st.snapshot()
+    assert sorted(snap["Note"]) == [v for v in range(1, 21) if v != 13]
+    assert st.apply_failures == 1 and _applied_mark(tmp_path)[0] == 20
+    cs, body = _changeset(11, 2_000, 99, 20)
+    assert st.integrate(11, [(21, cs, body)]) == 21  # uploads go on
+    st.conn.close()  # a crash before 21 was applied
+    reopened = SQLiteStorage(str(tmp_path))  # starts, applying 21
+    assert 99 in reopened.snapshot()["Note"]
+    reopened.close()
+
+
+def test_opening_catches_up_over_more_than_one_chunk(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_mod, "APPLY_CHUNK_COUNT", 4)
+    st = _new(tmp_path)
+    _fill(st, random.Random(11), 15)
+    st.conn.close()  # a crash with everything still to apply
+    reopened = SQLiteStorage(str(tmp_path))
+    assert _applied_mark(tmp_path)[0] == reopened.latest_version() > 8
+    assert reopened.snapshot() == _merged(tmp_path)
+    reopened.close()
+
+
+def test_changes_waiting_when_the_schema_grows_are_applied_under_the_old_one(
+    tmp_path: Path,
+) -> None:
+    # The server integrated the change before the new field existed, so its copy must
+    # read as if applied then: a field added later does not go back into old objects.
+    grown = TableSchema("Note", (*NOTE.fields, FieldSchema("n", ValueType.INT)))
+    snaps = []
+    for name, apply_first in (("eager", True), ("lazy", False)):
+        st = _new(tmp_path / name)
+        _fill(st, random.Random(12), 5)
+        if apply_first:
+            st.apply_pending()
+        st.merge_schema([grown])
+        snaps.append(st.snapshot())
+        st.close()
+    assert snaps[0] == snaps[1]
 
 
 def test_a_file_without_the_applied_mark_counts_as_fully_applied(tmp_path: object) -> None:
@@ -287,7 +359,15 @@ def test_a_file_without_the_applied_mark_counts_as_fully_applied(tmp_path: objec
     with c:
         c.execute("DELETE FROM _meta WHERE key='applied'")
     c.close()
-    reopened = SQLiteStorage(str(tmp_path))
+    applied: list[object] = []
+    from realmsync_nb.store.objects import ObjectTables
+
+    apply = ObjectTables.apply_changeset
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ObjectTables, "apply_changeset", lambda self, cs: applied.append(cs) or 0)
+        reopened = SQLiteStorage(str(tmp_path))
+    assert applied == []  # nothing applied twice
+    assert ObjectTables.apply_changeset is apply
     assert _applied_mark(tmp_path)[0] == reopened.latest_version()
     assert reopened.snapshot() == expected
     reopened.close()
@@ -307,3 +387,32 @@ def test_a_running_server_applies_each_upload_to_its_copy_unasked(
     wait_until(
         lambda: _applied_mark(data_dir) == (len(latest), 5), what="the server's copy to catch up"
     )
+
+
+def test_a_large_upload_and_a_steady_trickle_still_reach_the_copy(
+    tmp_path: Path, open_realm: OpenRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Over APPLY_AT_ONCE_BYTES the server waits for uploads to pause, but never
+    # longer than APPLY_MAX_WAIT: a trickle of small writes faster than the pause
+    # must not hold the large one back.
+    from realmsync_nb.server import core
+
+    monkeypatch.setattr(core, "APPLY_IDLE", 0.3)
+    monkeypatch.setattr(core, "APPLY_MAX_WAIT", 0.4)
+    realm = open_realm("A")
+    with realm.write():
+        for i in range(1_000):  # about 100 KiB
+            realm.add(Note(id=i, text="x" * 80))
+    realm.sync_session.wait_for_upload().result(10)
+    data_dir = tmp_path / "server"
+    big = len(history_bodies(str(data_dir)))
+    reached_during_trickle = False
+    deadline = time.monotonic() + 3
+    n = 0
+    while time.monotonic() < deadline and not reached_during_trickle:
+        with realm.write():
+            realm.add(Note(id=10_000 + n, text="t"))
+        n += 1
+        time.sleep(0.02)
+        reached_during_trickle = _applied_mark(data_dir)[0] >= big
+    assert reached_during_trickle, "the trickle held the large upload out of the copy"
