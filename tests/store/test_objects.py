@@ -108,6 +108,50 @@ def test_a_table_has_a_column_per_field_and_the_merge_columns(conn: sqlite3.Conn
     assert pk == ["id"]
 
 
+NUMBERED = TableSchema(
+    "Numbered",
+    (FieldSchema("n", VT.INT, primary_key=True), FieldSchema("title", VT.STR)),
+)
+
+
+def _indexes(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE tbl_name=? AND type='index'", (table,)
+        )
+    ]
+
+
+def _numbered(pk: int, ts: int, title: str) -> Changeset:
+    return Changeset(ts, 1, (Instruction(Op.CREATE, "Numbered", pk, (("title", title),)),))
+
+
+def test_an_int_key_is_the_rowid_and_a_table_made_before_still_works() -> None:
+    # A new table with an int key is one B-tree (the key is the rowid, no index
+    # beside it); a table from before, keyed "INT" with its unique index, still
+    # reads and merges alike.
+    snaps = []
+    for old in (False, True):
+        c = sqlite3.connect(":memory:", isolation_level=None)
+        if old:
+            c.execute(
+                'CREATE TABLE "Numbered" ("n" INT PRIMARY KEY NOT NULL, "title" TEXT, '
+                "_created BLOB, _deleted BLOB, _clocks BLOB, _live INT NOT NULL)"
+            )
+        tables = ObjectTables(c, [NUMBERED, ITEM])
+        assert bool(_indexes(c, "Numbered")) is old
+        assert _indexes(c, "Item")  # a str key keeps its unique index
+        for pk in (30, -5, 2**62, 7):
+            tables.apply_changeset(_numbered(pk, 100 + pk % 50, f"t{pk}"))
+        tables.apply_changeset(_numbered(7, 10, "older, loses"))
+        tables.apply_changeset(_numbered(7, 10**6, "newer, wins"))
+        snaps.append(tables.snapshot()["Numbered"])
+        c.close()
+    assert snaps[0] == snaps[1]
+    assert snaps[0][7]["title"] == "newer, wins" and set(snaps[0]) == {30, -5, 2**62, 7}
+
+
 def test_every_value_type_round_trips_and_reads_plainly_in_sql(
     conn: sqlite3.Connection,
 ) -> None:
