@@ -61,28 +61,21 @@ def _row(i: int) -> tuple[Any, ...]:
 # -- SQLite ----------------------------------------------------------------------------
 
 
-def sqlite_commits(workdir: str, n: int) -> float:
-    """Commits per second, one ~100-byte row each."""
-    c = _db(os.path.join(workdir, "commits.db"))
+def sqlite_rate(workdir: str, n: int, *, one_txn: bool) -> float:
+    """Rows per second, ~100 bytes each: a commit per row, or all in one transaction
+    (``executemany``)."""
+    c = _db(os.path.join(workdir, f"rate-{one_txn}.db"))
     rows = [_row(i) for i in range(n)]
     t0 = time.perf_counter()
-    for row in rows:
+    if one_txn:
         c.execute("BEGIN")
-        c.execute(_ROW, row)
+        c.executemany(_ROW, rows)
         c.execute("COMMIT")
-    elapsed = time.perf_counter() - t0
-    c.close()
-    return n / elapsed
-
-
-def sqlite_bulk(workdir: str, n: int) -> float:
-    """Rows per second inserted in one transaction (``executemany``)."""
-    c = _db(os.path.join(workdir, "bulk.db"))
-    rows = [_row(i) for i in range(n)]
-    t0 = time.perf_counter()
-    c.execute("BEGIN")
-    c.executemany(_ROW, rows)
-    c.execute("COMMIT")
+    else:
+        for row in rows:
+            c.execute("BEGIN")
+            c.execute(_ROW, row)
+            c.execute("COMMIT")
     elapsed = time.perf_counter() - t0
     c.close()
     return n / elapsed
@@ -323,8 +316,8 @@ def run(n: int, workdir: str) -> dict[str, Any]:
     """Every limit, sized from ``n`` (the latency floor's number of writes); one dict."""
     out: dict[str, Any] = {"converged": True}
     bulk_n = 1_000_000 if n >= 500 else 20_000
-    out["sqlite_commits_per_s"] = round(sqlite_commits(workdir, 20 * n), 1)
-    out["sqlite_rows_per_s_one_txn"] = round(sqlite_bulk(workdir, bulk_n), 1)
+    out["sqlite_commits_per_s"] = round(sqlite_rate(workdir, 20 * n, one_txn=False), 1)
+    out["sqlite_rows_per_s_one_txn"] = round(sqlite_rate(workdir, bulk_n, one_txn=True), 1)
     out["sqlite_bulk_rows"] = bulk_n
     out["ws_echo_msgs_per_s"] = round(ws_echo(100 * n), 1)
     for transport in ("tcp", "ws"):
