@@ -202,12 +202,18 @@ class SQLiteStorage:
         merged = merge_schemas(self._schema, tables)
         if merged != self._schema:
             self.apply_pending()  # changesets validated under the old schema go in first
-            with transaction(self.conn):
-                self.objects.ensure_schema(merged.values())
-                self.conn.execute(
-                    "UPDATE _meta SET value=? WHERE key='schema'",
-                    (json.dumps(schema_json(merged)),),
-                )
+            codecs = dict(self.objects.codecs)
+            try:
+                with transaction(self.conn):
+                    self.objects.ensure_schema(merged.values())
+                    self.conn.execute(
+                        "UPDATE _meta SET value=? WHERE key='schema'",
+                        (json.dumps(schema_json(merged)),),
+                    )
+            except BaseException:
+                # The tables were rolled back: so are the codecs that describe them.
+                self.objects.codecs = codecs
+                raise
             self._schema = merged
         return dict(merged)
 

@@ -416,3 +416,24 @@ def test_a_large_upload_and_a_steady_trickle_still_reach_the_copy(
         time.sleep(0.02)
         reached_during_trickle = _applied_mark(data_dir)[0] >= big
     assert reached_during_trickle, "the trickle held the large upload out of the copy"
+
+
+def test_a_schema_change_that_fails_leaves_the_tables_and_their_description_as_before(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st = _new(tmp_path)
+    grown = TableSchema("Note", (*NOTE.fields, FieldSchema("n", ValueType.INT)))
+
+    def broken(*_: object) -> object:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(storage_mod, "schema_json", broken)
+    with pytest.raises(OSError):
+        st.merge_schema([grown])
+    monkeypatch.undo()
+    assert st.schema()["Note"] == NOTE
+    # The copy still applies changes under the old schema, none left out.
+    _fill(st, random.Random(13), 10)
+    assert st.snapshot() == _merged(tmp_path)
+    assert st.apply_failures == 0
+    st.close()
