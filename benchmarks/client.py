@@ -8,6 +8,8 @@ result (``error``), not as a traceback the harness has to parse.
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stall", type=float, default=10.0, help="non-converged after this long idle")
     p.add_argument("--workdir", default=None, help="where realm files go (default: a temp dir)")
     args = p.parse_args(argv)
+    # The harness stops a stuck client with SIGTERM: unwind, so its own children
+    # (the limits' relays) are stopped and its directory removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.perf_counter()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="rs-bench-", dir=args.workdir) as workdir:

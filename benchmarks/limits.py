@@ -15,7 +15,7 @@ two floors no engine with our guarantees can go below on this machine:
 - **the local bulk floor** of scenario 2: one transaction of N ~100-byte rows
   inserted with ``executemany``, the least a durable replica does to hold them.
 
-``python -m benchmarks.limits relay {tcp,ws}`` runs a relay (it prints its port);
+``python -m benchmarks.limits relay {tcp,ws} DIR`` runs a relay (it prints its port);
 :func:`run` measures everything and returns one flat dict of numbers.
 """
 
@@ -25,6 +25,7 @@ import asyncio
 import functools
 import json
 import os
+import select
 import sqlite3
 import struct
 import subprocess
@@ -143,8 +144,7 @@ def _relay_commit(db: sqlite3.Connection, body: bytes) -> None:
     db.execute("COMMIT")
 
 
-def _relay_main(transport: str) -> None:
-    workdir = tempfile.mkdtemp(prefix="rs-limits-relay-")
+def _relay_main(transport: str, workdir: str) -> None:
     db = _db(os.path.join(workdir, "relay.db"))
     asyncio.run(_serve_tcp(db) if transport == "tcp" else _serve_ws(db))
 
@@ -152,19 +152,30 @@ def _relay_main(transport: str) -> None:
 class _Relay:
     """A relay process on 127.0.0.1 (see ``python -m benchmarks.limits relay``)."""
 
-    def __init__(self, transport: str) -> None:
+    def __init__(self, transport: str, workdir: str) -> None:
+        # Its file goes in the caller's directory, which the caller removes.
+        relay_dir = tempfile.mkdtemp(prefix=f"relay-{transport}-", dir=workdir)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.limits", "relay", transport],
+            [sys.executable, "-m", "benchmarks.limits", "relay", transport, relay_dir],
             stdout=subprocess.PIPE,
             text=True,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         )
         assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.strip().isdigit():
+            self.close()
+            raise RuntimeError(f"the {transport} relay did not start (printed {line!r})")
+        self.port = int(line)
 
     def close(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -240,7 +251,7 @@ def latency_floor(workdir: str, transport: str, n: int) -> dict[str, float]:
     """Scenario 3's path with nothing but three durable commits and the transport."""
     a = _db(os.path.join(workdir, f"a-{transport}.db"))
     b = _db(os.path.join(workdir, f"b-{transport}.db"), threads=True)
-    relay = _Relay(transport)
+    relay = _Relay(transport, workdir)
     cond = threading.Condition()
     stamps: list[float] = []
 
@@ -255,9 +266,10 @@ def latency_floor(workdir: str, transport: str, n: int) -> dict[str, float]:
             stamps.append(stamp)
             cond.notify_all()
 
-    link = _Link(transport, relay.port, on_b)
     samples: list[float] = []
+    link: _Link | None = None
     try:
+        link = _Link(transport, relay.port, on_b)
         for i in range(n):
             t0 = time.perf_counter()
             row = _row(i)
@@ -272,17 +284,21 @@ def latency_floor(workdir: str, transport: str, n: int) -> dict[str, float]:
                     raise TimeoutError(f"the {transport} relay lost write {i}")
             samples.append((stamps[i] - t0) * 1000)
     finally:
-        link.close()
-        relay.close()
-        a.close()
-        b.close()
+        try:
+            if link is not None:
+                link.close()
+        finally:
+            relay.close()
+            a.close()
+            b.close()
     return {"p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)}
 
 
-def ws_echo(n: int) -> float:
+def ws_echo(workdir: str, n: int, timeout: float = 60) -> float:
     """Messages per second a websockets client gets echoed by a websockets server
-    (100-byte messages, up to 100 in flight)."""
-    relay = _Relay("ws")
+    (100-byte messages, up to 100 in flight). Raises if the relay goes away, or
+    after ``timeout`` seconds."""
+    relay = _Relay("ws", workdir)
 
     async def go() -> float:
         from websockets.asyncio.client import connect
@@ -296,15 +312,20 @@ def ws_echo(n: int) -> float:
                 await ws.recv()
                 window.release()
 
+        async def send() -> None:
+            for _ in range(n):
+                await window.acquire()
+                await ws.send(payload)
+
         t0 = time.perf_counter()
-        reader = asyncio.create_task(receive())
-        for _ in range(n):
-            await window.acquire()
-            await ws.send(payload)
-        await reader
-        elapsed = time.perf_counter() - t0
-        await ws.close()
-        return n / elapsed
+        try:
+            async with asyncio.timeout(timeout), asyncio.TaskGroup() as tg:
+                # One failing (the relay gone) cancels the other: no wait forever.
+                tg.create_task(receive())
+                tg.create_task(send())
+        finally:
+            await ws.close()
+        return n / (time.perf_counter() - t0)
 
     try:
         return asyncio.run(go())
@@ -319,7 +340,7 @@ def run(n: int, workdir: str) -> dict[str, Any]:
     out["sqlite_commits_per_s"] = round(sqlite_rate(workdir, 20 * n, one_txn=False), 1)
     out["sqlite_rows_per_s_one_txn"] = round(sqlite_rate(workdir, bulk_n, one_txn=True), 1)
     out["sqlite_bulk_rows"] = bulk_n
-    out["ws_echo_msgs_per_s"] = round(ws_echo(100 * n), 1)
+    out["ws_echo_msgs_per_s"] = round(ws_echo(workdir, 100 * n), 1)
     for transport in ("tcp", "ws"):
         floor = latency_floor(workdir, transport, n)
         out[f"floor_{transport}_p50_ms"] = floor["p50_ms"]
@@ -329,7 +350,7 @@ def run(n: int, workdir: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "relay" and sys.argv[2] in ("tcp", "ws"):
-        _relay_main(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "relay" and sys.argv[2] in ("tcp", "ws"):
+        _relay_main(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: python -m benchmarks.limits relay {tcp,ws}")
+        sys.exit("usage: python -m benchmarks.limits relay {tcp,ws} DIR")

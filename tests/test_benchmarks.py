@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+CLIENT = (sys.executable, "-m", "benchmarks.client")
 LIMIT_KEYS = (
     "ws_echo_msgs_per_s",
     "sqlite_commits_per_s",
@@ -154,3 +155,60 @@ def test_the_s2_and_s3_targets_show_what_the_machine_leaves_for_them() -> None:
     s3 = next(x for x in lines if x.startswith("| S3 p50"))
     assert "floor with three durable commits: plain TCP 0.330 ms; websockets 0.410 ms" in s3
     assert any(x.startswith("## L. This machine's limits") for x in lines)
+
+
+def _relays_under(path: Path) -> list[int]:
+    """Pids of relay processes whose directory is under ``path``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"benchmarks.limits" in cmd and any(str(path).encode() in c for c in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.timeout(120)
+def test_the_echo_fails_instead_of_hanging_when_the_relay_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from benchmarks import limits
+
+    class Dying(limits._Relay):
+        def __init__(self, transport: str, workdir: str) -> None:
+            super().__init__(transport, workdir)
+            threading.Timer(0.5, self.proc.kill).start()  # mid-stream
+
+    monkeypatch.setattr(limits, "_Relay", Dying)
+    with pytest.raises(BaseException) as raised:
+        limits.ws_echo(str(tmp_path), 10**8, timeout=60)
+    assert not isinstance(raised.value, TimeoutError), "it waited for the timeout"
+    assert _relays_under(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_limits_client_stopped_with_sigterm_stops_its_relay(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [*CLIENT, "machine", "limits", "--url", "-", "--n", "20000", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not _relays_under(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _relays_under(tmp_path), "no relay started"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    deadline = time.monotonic() + 15
+    while _relays_under(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _relays_under(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []  # its directory, with the relays' files, is gone
