@@ -483,5 +483,7 @@ class SQLiteStorage:
     def close(self) -> None:
         try:
             self.apply_pending()  # not needed for safety (opening catches up), only tidier
+        except Exception:
+            logger.exception("could not apply the last changes to the server's copy at close")
         finally:
             self.conn.close()
