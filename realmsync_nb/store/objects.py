@@ -163,7 +163,8 @@ class TableCodec:
         # Live objects: all rows less the tombstones, which a partial index lists.
         # count(*) of the whole table walks it without testing each row, and the
         # index holds only tombstones: about twice as fast as counting _live = 1 rows
-        # (10.5-10.9 → 5.2-5.7 ms at 100k benchmark records). Inserting a live object never touches it.
+        # (10.5-10.9 → 5.2-5.7 ms at 100k benchmark records). Inserting a live
+        # object never touches the index.
         self.count_live = (
             f"SELECT (SELECT count(*) FROM {t}) - (SELECT count(*) FROM {t} WHERE _live = 0)"
         )
