@@ -285,7 +285,10 @@ class SQLiteStorage:
         record how far the copy has got; with ``chunk``, only the next
         :data:`APPLY_CHUNK_COUNT` (or :data:`APPLY_CHUNK_BYTES`). True if some wait."""
         while self._applied < self._latest:
-            rows = self._unapplied_rows(APPLY_CHUNK_COUNT, APPLY_CHUNK_BYTES)
+            # Every origin's changesets (client ids are unsigned, never -1), from the
+            # tail in memory when it has them.
+            batch_read = self.read_history(self._applied, -1, APPLY_CHUNK_BYTES, APPLY_CHUNK_COUNT)
+            rows = [(sv, body) for sv, _, body in batch_read.changesets]
             batch = []
             for sv, body in rows:
                 kept = self._decoded.pop(sv, None)
@@ -297,30 +300,6 @@ class SQLiteStorage:
             if chunk:
                 break
         return self._applied < self._latest
-
-    def _unapplied_rows(self, max_count: int, max_bytes: int) -> list[tuple[int, bytes]]:
-        """The next history rows (server version, body) the copy lacks, from the tail
-        in memory when it has them; at least one, at most ``max_count`` or ``max_bytes``."""
-        after = self._applied
-        if after + 1 >= self._tail_first:
-            start = self._tail_off + after + 1 - self._tail_first
-            source: Iterable[tuple[int, bytes]] = (
-                (sv, body) for sv, _, body in self._tail[start : start + max_count]
-            )
-        else:
-            source = self.conn.execute(
-                "SELECT server_version, body FROM _history WHERE server_version > ? "
-                "ORDER BY server_version LIMIT ?",
-                (after, max_count),
-            )
-        out: list[tuple[int, bytes]] = []
-        total = 0
-        for sv, body in source:
-            if out and total + len(body) > max_bytes:
-                break
-            out.append((sv, body))
-            total += len(body)
-        return out
 
     def _apply(self, changesets: list[tuple[int, Changeset]]) -> None:
         c = self.conn
