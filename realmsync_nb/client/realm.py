@@ -197,6 +197,17 @@ class Realm:
         Raises:
             ValidationError: wrong types, missing or duplicate primary key; nothing written.
         """
+        txn = self._txn
+        model = type(obj)
+        if (
+            txn is not None
+            and self._models.get(model.__name__) is model
+            and obj._realm is None
+            and self._txn_thread == threading.get_ident()
+            and not self._closed
+        ):  # the usual case, checked in one step: it runs once per object of a bulk write
+            pk = txn.create(model.__name__, obj._values, update=update, checked=True)
+            return model._bind(self, pk)  # type: ignore[return-value]
         txn = self._require_write("add")
         if not isinstance(obj, Model):
             raise TypeError(f"add() takes a Model instance, got {type(obj).__name__}")

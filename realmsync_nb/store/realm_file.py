@@ -24,7 +24,6 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +50,7 @@ from ..protocol.changeset import (
 from ..protocol.messages import MAX_MESSAGE_SIZE
 from ..protocol.schema import FieldSchema, TableSchema, Value, ValueType, check_value
 from ..protocol.wire import DecodeError
-from .objects import ObjectTables, clock_to_sql, float_to_sql, schema_from_json, schema_json
+from .objects import ObjectTables, clock_to_sql, schema_from_json, schema_json
 
 __all__ = [
     "FileProgress",
@@ -443,6 +442,57 @@ class RealmFile:
         os.close(self._lock_fd)
 
 
+_UNREAD: Any = object()  # _Fresh.range before the table's key range was read
+_INFINITIES = (math.inf, -math.inf)
+
+
+class _Fresh:
+    """One table's objects that a transaction created, with every field, and that
+    the file had no row for: the bulk form of a large write.
+
+    Each row is the key, then every field in schema order, then the creation clock,
+    exactly as inserted. They travel as a NewObjects group. The first DEFER_AFTER
+    rows of a transaction are inserted one by one; then the range of keys the table
+    holds is read, and a new key outside it (and not in ``index``) certainly has no
+    row, so its insert waits in ``pending`` and goes in one executemany with the
+    others. Pending rows are flushed before anything reads the file (see
+    RealmFile.user_objects) and at each part.
+    """
+
+    __slots__ = ("direct", "floats", "index", "names", "pending", "range", "rows", "table")
+
+    def __init__(self, table: str, names: tuple[str, ...], floats: frozenset[int]) -> None:
+        self.table = table
+        self.names = names  # the key's name, then every field's
+        self.floats = floats  # positions of the float fields in a row
+        self.rows: list[tuple[Value, ...] | None] = []  # None: moved to the general path
+        self.index: dict[Value, int] = {}  # key -> position in rows
+        self.pending: list[tuple[Value, ...]] = []  # rows not inserted yet
+        self.direct = 0  # rows inserted one by one
+        self.range: tuple[Any, Any] | None = _UNREAD  # (lowest, highest) key held, if any
+
+    def find(self, pk: Value) -> int | None:
+        """Where the object with key ``pk`` is in ``rows``, if it is here."""
+        # Keys here are exactly int or str: True == 1 and 1.0 == 1 must not match.
+        if type(pk) is int or type(pk) is str:
+            return self.index.get(pk)
+        return None
+
+    def take(self, pk: Value) -> tuple[Value, ...] | None:
+        """Remove the object with key ``pk`` and return its row (None if not here)."""
+        at = self.find(pk)
+        if at is None:
+            return None
+        del self.index[pk]
+        row, self.rows[at] = self.rows[at], None
+        return row
+
+    def live_rows(self) -> list[tuple[Value, ...]]:
+        if len(self.index) == len(self.rows):
+            return self.rows  # type: ignore[return-value]
+        return [row for row in self.rows if row is not None]
+
+
 class LocalTransaction:
     """One local write transaction on the user connection.
 
@@ -471,18 +521,10 @@ class LocalTransaction:
         self._touched: dict[tuple[str, object], tuple[ObjectState | None, Instruction]] = {}
         # States read for an existence check, kept so _record need not read them again.
         self._read: dict[tuple[str, object], ObjectState | None] = {}
-        # Objects new to this file, created with every field of a bulk-encodable table
-        # (the common case of a large transaction): key -> (table, row of values, key
-        # first). Their rows are already inserted; they travel as NewObjects groups.
-        self._new: dict[tuple[str, object], tuple[str, tuple[Value, ...]]] = {}
-        # Deferred inserts. Once a transaction has inserted DEFER_AFTER new objects in a
-        # table one by one, it reads the range of keys the table holds; a new key
-        # outside that range (and not in _new) certainly has no row, so its insert
-        # can wait and go in one executemany with the others. Rows are flushed before
-        # anything reads the file (see RealmFile.user_objects) and at each part.
-        self._pending: dict[str, list[tuple[Value, ...]]] = {}
-        self._direct: dict[str, int] = {}
-        self._ranges: dict[str, tuple[Any, Any] | None] = {}
+        # Per bulk-encodable table, the objects new to this file created with every
+        # field (the common case of a large transaction); see _Fresh.
+        self._fresh: dict[str, _Fresh] = {}
+        self._fresh_count = 0  # their number, over every table
         file.active = self
         self.done = False
         self.body_size = 0  # bytes of the committed changeset(s)
@@ -510,9 +552,10 @@ class LocalTransaction:
         return schema
 
     def _exists(self, table: str, pk: Value) -> bool:
-        key = (table, pk_key(pk))
-        if key in self._new:
+        fresh = self._fresh.get(table)
+        if fresh is not None and fresh.find(pk) is not None:
             return True
+        key = (table, pk_key(pk))
         if key in self._touched:
             return self.objects.get(table, pk) is not None
         if key not in self._read:
@@ -528,12 +571,12 @@ class LocalTransaction:
         ``checked`` says every value was already validated against the schema (a
         Model's fields validate on assignment), so it is not checked twice.
         """
-        bulk = self.file.bulk_tables.get(table)
-        if bulk is not None and checked and len(values) == len(bulk):
+        fresh = self._fresh.get(table) or self._start_fresh(table)
+        if fresh is not None and checked and len(values) == len(fresh.names):
             # The hot path of a bulk write: a Model's values (checked, every field).
-            row = tuple(map(values.get, bulk))
+            row = (*map(values.get, fresh.names), self._created)
             pk = row[0]
-            if (type(pk) is int or type(pk) is str) and self._try_new(table, pk, row):
+            if (type(pk) is int or type(pk) is str) and self._try_new(fresh, pk, row):
                 return pk
         schema = self.file.schema.get(table)
         if schema is None:
@@ -550,9 +593,9 @@ class LocalTransaction:
         if plain is not pk:  # an IntEnum or StrEnum key is its int or str: one object
             values = {**values, pkf.name: plain}
             pk = plain
-        if bulk is not None:
-            row = tuple([pk, *[values.get(f.name, _default(f)) for f in schema.fields[1:]]])
-            if self._try_new(table, pk, row):
+        if fresh is not None:
+            row = (pk, *[values.get(f.name, _default(f)) for f in schema.fields[1:]], self._created)
+            if self._try_new(fresh, pk, row):
                 return pk
         if not update and self._exists(table, pk):
             raise ValidationError(
@@ -578,37 +621,44 @@ class LocalTransaction:
             raise RealmError(f"{table} {pk!r} does not exist (already deleted?)")
         self._record(Instruction(Op.DELETE, table, pk))
 
-    def _try_new(self, table: str, pk: Value, row: tuple[Value, ...]) -> bool:
-        """Insert ``row`` (key first, then every field) as an object this file has no
-        row for, live or deleted; False if it has one, or this transaction touched it
-        already: then the general path decides."""
-        key = (table, (type(pk), pk))  # pk_key(pk), inline
-        if key in self._new or key in self._touched or key in self._read:
+    def _start_fresh(self, table: str) -> _Fresh | None:
+        names = self.file.bulk_tables.get(table)
+        if names is None:
+            return None
+        fresh = self._fresh[table] = _Fresh(table, names, self.file.float_columns[table])
+        return fresh
+
+    def _try_new(self, fresh: _Fresh, pk: Value, row: tuple[Value, ...]) -> bool:
+        """Insert ``row`` (key first, every field, the creation clock) as an object
+        this file has no row for, live or deleted; False if it has one, if this
+        transaction touched it already, or if a float is NaN or ±inf (SQLite would
+        store a NaN as NULL, and JSON carries neither): then the general path decides,
+        so a group only ever holds finite floats."""
+        if self._touched or self._read:
+            key = (fresh.table, (type(pk), pk))  # pk_key(pk), inline
+            if key in self._touched or key in self._read:
+                return False
+        if pk in fresh.index:
             return False
-        stored: tuple[Any, ...] = (*row, self._created)
-        floats = self.file.float_columns[table]
-        for i in floats:  # a loop, not any(): this runs once per object of a bulk write
-            if row[i] != row[i]:  # NaN, which SQLite would store as NULL
-                stored = tuple(float_to_sql(v) if j in floats else v for j, v in enumerate(stored))
-                break
-        if table in self._ranges:
-            held = self._ranges[table]
-            if held is None or pk < held[0] or pk > held[1]:
-                self._pending.setdefault(table, []).append(stored)
-                self._new[key] = (table, row)
-                if len(self._new) + len(self._touched) >= FLUSH_OBJECTS:
-                    self._write_part()
-                return True
-        try:
-            self.objects.conn.execute(self.objects.codecs[table].insert_new, stored)
-        except sqlite3.IntegrityError:  # the key has a row: an update, or a re-create
-            return False
-        n = self._direct.get(table, 0) + 1
-        self._direct[table] = n
-        if n == DEFER_AFTER:
-            self._ranges[table] = self._key_range(table)
-        self._new[key] = (table, row)
-        if len(self._new) + len(self._touched) >= FLUSH_OBJECTS:
+        for i in fresh.floats:  # a loop, not any(): this runs once per object
+            v = row[i]
+            if v != v or v in _INFINITIES:
+                return False
+        held = fresh.range
+        if held is not _UNREAD and (held is None or pk < held[0] or pk > held[1]):
+            fresh.pending.append(row)
+        else:
+            try:
+                self.objects.conn.execute(self.objects.codecs[fresh.table].insert_new, row)
+            except sqlite3.IntegrityError:  # the key has a row: an update, or a re-create
+                return False
+            fresh.direct += 1
+            if fresh.direct == DEFER_AFTER:
+                fresh.range = self._key_range(fresh.table)
+        fresh.index[pk] = len(fresh.rows)
+        fresh.rows.append(row)
+        self._fresh_count += 1
+        if self._fresh_count + len(self._touched) >= FLUSH_OBJECTS:
             self._write_part()
         return True
 
@@ -625,22 +675,22 @@ class LocalTransaction:
 
     def flush_pending(self) -> None:
         """Insert the deferred rows, so the file shows every object written so far."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, {}
-        for table, rows in pending.items():
-            self.objects.conn.executemany(self.objects.codecs[table].insert_new, rows)
+        for fresh in self._fresh.values():
+            if fresh.pending:
+                rows, fresh.pending = fresh.pending, []
+                self.objects.conn.executemany(self.objects.codecs[fresh.table].insert_new, rows)
 
     def _record(self, ins: Instruction) -> None:
         self.flush_pending()
         key = (ins.table, pk_key(ins.pk))
         codec = self.objects.codec(ins.table)
-        new = self._new.pop(key, None)
-        if new is not None:  # created in bulk form earlier in this transaction
-            table, values = new
+        fresh = self._fresh.get(ins.table)
+        made = None if fresh is None else fresh.take(ins.pk)
+        if made is not None:  # created in bulk form earlier in this transaction
+            self._fresh_count -= 1
             names = codec.field_names
             created = Instruction(
-                Op.CREATE, table, values[0], tuple(zip(names, values[1:], strict=True))
+                Op.CREATE, ins.table, made[0], tuple(zip(names, made[1:-1], strict=True))
             )
             self._touched[key] = (None, created)
         entry = self._touched.get(key)
@@ -655,7 +705,7 @@ class LocalTransaction:
                 if row is not None:
                     self._touched[key] = (None, ins)
                     self.objects.conn.execute(codec.insert, row)
-                    if len(self._touched) + len(self._new) >= FLUSH_OBJECTS:
+                    if len(self._touched) + self._fresh_count >= FLUSH_OBJECTS:
                         self._write_part()
                     return
         else:
@@ -666,7 +716,7 @@ class LocalTransaction:
         apply_instruction(state, net, self.clock)
         is_new = base is None and entry is None
         self.objects.write_state(codec, ins.pk, state, is_new=is_new)
-        if len(self._touched) + len(self._new) >= FLUSH_OBJECTS:
+        if len(self._touched) + self._fresh_count >= FLUSH_OBJECTS:
             self._write_part()
 
     def _write_part(self, last: bool = False) -> None:
@@ -678,7 +728,7 @@ class LocalTransaction:
         a newer clock, exactly as if the transaction had been several in a row.
         """
         self.flush_pending()
-        if not self._touched and not self._new:
+        if not self._touched and not self._fresh_count:
             return
         bodies = self._encode_few_new() or self._encode()
         if max(map(len, bodies)) > MAX_MESSAGE_SIZE - 4096:
@@ -698,44 +748,47 @@ class LocalTransaction:
                     self.bodies = None
             self.body_size += len(body)
         self._touched.clear()
-        self._new.clear()
         self._read.clear()
+        for fresh in self._fresh.values():
+            fresh.index.clear()
+            fresh.rows.clear()
+        self._fresh_count = 0
         if last:
             return
-        # The keys of this part were proven new by _new and _touched, which are now
-        # empty: read the ranges again, so they cover every row written so far.
-        self._ranges = {t: self._key_range(t) for t in self._ranges}
+        # The keys of this part were proven new by the indexes and _touched, which are
+        # now empty: read the ranges again, so they cover every row written so far.
+        for fresh in self._fresh.values():
+            if fresh.range is not _UNREAD:
+                fresh.range = self._key_range(fresh.table)
         self._set_clock()
 
     def _encode_few_new(self) -> list[bytes] | None:
         """The usual small write, a few new objects of one table, encoded straight
         from their rows; None when the part is anything else."""
-        new = self._new
-        if self._touched or not 0 < len(new) < GROUP_MIN_ROWS:
+        if self._touched or not 0 < self._fresh_count < GROUP_MIN_ROWS:
             return None
-        table = next(iter(new.values()))[0]
-        rows = [row for t, row in new.values() if t == table]
-        if len(rows) != len(new):
+        tables = [fresh for fresh in self._fresh.values() if fresh.index]
+        if len(tables) != 1:
             return None
-        fields = self.objects.codec(table).field_names
-        body = encode_creates(self.clock[0], self.clock[1], table, fields, rows)
+        fresh = tables[0]
+        rows = [row[:-1] for row in fresh.live_rows()]
+        body = encode_creates(self.clock[0], self.clock[1], fresh.table, fresh.names[1:], rows)
         return [body] if len(body) <= MAX_CHANGESET_BYTES else None
 
     def _encode(self) -> list[bytes]:
         """The part's changeset(s): new objects by table as NewObjects groups (a few,
         or any holding a non-finite float, as instructions), then the rest."""
-        by_table: dict[str, list[tuple[Value, ...]]] = defaultdict(list)
-        for table, row in self._new.values():
-            by_table[table].append(row)
         groups = []
         loose = [net for _, net in self._touched.values()]
-        for table, rows in by_table.items():
-            keys, *columns = zip(*rows, strict=True)
-            group = NewObjects(table, self.objects.codec(table).field_names, keys, tuple(columns))
-            floats = self.file.float_columns[table]
-            if len(keys) >= GROUP_MIN_ROWS and all(_finite(columns[i - 1]) for i in floats):
+        for fresh in self._fresh.values():
+            rows = fresh.live_rows()
+            if not rows:
+                continue
+            keys, *columns, _created = zip(*rows, strict=True)
+            group = NewObjects(fresh.table, fresh.names[1:], keys, tuple(columns))
+            if len(keys) >= GROUP_MIN_ROWS:
                 groups.append(group)
-            else:  # NaN or ±inf: JSON would not keep a NaN's bits; the tagged form does
+            else:
                 loose.extend(group.instructions())
         return split_encode(self.clock, loose, MAX_CHANGESET_BYTES, groups)
 
@@ -765,7 +818,8 @@ class LocalTransaction:
         if self.done:
             return
         self.done = True
-        self._pending.clear()
+        for fresh in self._fresh.values():
+            fresh.pending.clear()
         try:
             self.file.conn.execute("ROLLBACK")
         finally:
@@ -857,14 +911,6 @@ def _plain_key(pk: Value) -> Value:
     if isinstance(pk, str):
         return str.__str__(pk)
     return pk
-
-
-def _finite(column: tuple[Value, ...]) -> bool:
-    """Whether a float column holds no NaN or ±inf (JSON cannot carry them exactly)."""
-    try:
-        return all(map(math.isfinite, column))  # type: ignore[arg-type]
-    except TypeError:  # None in an optional column
-        return all(math.isfinite(v) for v in column if v is not None)  # type: ignore[arg-type]
 
 
 def _default(f: FieldSchema) -> Value:
