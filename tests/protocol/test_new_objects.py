@@ -230,6 +230,18 @@ def test_json_in_the_payload_is_compact_and_exact() -> None:
     assert math.isclose(json.loads(payload)[3][0], 0.1)
 
 
+@pytest.mark.parametrize("odd", [math.nan, math.inf, -math.inf])
+def test_a_group_holding_a_non_finite_float_is_refused_not_written_as_null(odd: float) -> None:
+    """JSON has no NaN or infinity; written as null it would arrive as a None."""
+    with pytest.raises(ValueError, match="NaN or an infinity"):
+        encode_changeset(_cs(group([1, 2], [("a", None, 1.5, True), ("b", 3, odd, False)])))
+
+
+def test_a_group_holding_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(ValueError, match="JSON cannot carry"):
+        encode_changeset(_cs(group([1], [("\ud800", None, 0.5, True)])))
+
+
 def test_a_changeset_without_groups_is_written_in_format_1() -> None:
     """So a reader that knows format 1 only still reads every changeset that has no
     groups (all small transactions)."""
