@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..errors import RealmClosedError, RealmError, SchemaError
 from ..protocol.schema import TableSchema, Value
-from ..store.realm_file import LocalTransaction, RealmFile
+from ..store.realm_file import LocalTransaction, RealmFile, plain_key
 from .model import Model
 
 if TYPE_CHECKING:
@@ -231,6 +231,9 @@ class Realm:
         """The live object with this primary key, or None."""
         self._check_open()
         self._check_model(model)
+        # An IntEnum or StrEnum key names the object stored under its plain value;
+        # the managed object holds that value, as the one add() returns does.
+        pk = plain_key(pk)
         if not self._exists(model, pk):
             return None
         return model._bind(self, pk)  # type: ignore[return-value]

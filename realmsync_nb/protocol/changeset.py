@@ -310,10 +310,11 @@ def encode_changeset(cs: Changeset) -> bytes:
         _put_uint(body, len(g.keys))
         for column in g.columns:
             _check_finite(g.table, column)
-        # orjson writes the same compact JSON as json.dumps, 10-15× faster; it would
-        # write a NaN as null, which the check above rules out.
+        # orjson writes compact JSON that json.loads reads back to the same values
+        # (non-ASCII as UTF-8, exponents as 1e-7), 10-15× faster than json.dumps. It
+        # would write a NaN as null, which the check above rules out.
         try:
-            payload = orjson.dumps((g.keys, *g.columns))
+            payload = orjson.dumps((g.keys, *g.columns), default=_plain_float)
         except TypeError as exc:  # a lone surrogate, which UTF-8 cannot carry either
             raise ValueError(
                 f"a group of {g.table} holds a value JSON cannot carry: {exc}"
@@ -516,10 +517,18 @@ def _check_finite(table: str, column: Sequence[Value]) -> None:
     """Refuse to encode a NaN or ±inf in a group: JSON has no spelling for them (the
     writer sends such rows as tagged instructions, which keep the bits)."""
     kinds = set(map(type, column))
-    if float in kinds:
-        floats = column if len(kinds) == 1 else [v for v in column if type(v) is float]
+    if any(issubclass(k, float) for k in kinds):  # numpy.float64 is a float too
+        floats = column if kinds == {float} else [v for v in column if isinstance(v, float)]
         if not all(map(math.isfinite, floats)):  # type: ignore[arg-type]
             raise ValueError(f"a group of {table} holds a NaN or an infinity")
+
+
+def _plain_float(value: object) -> float:
+    """orjson's fallback: a subclass of float (numpy.float64, say) as a plain float,
+    as json.dumps writes it. Anything else stays unserializable."""
+    if isinstance(value, float):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 _JSON_SCALARS = frozenset({int, float, str, bool, type(None)})

@@ -58,6 +58,7 @@ __all__ = [
     "LocalTransaction",
     "RealmFile",
     "last_client_version",
+    "plain_key",
 ]
 
 # File format 2 (this version) no longer updates _meta on every local commit: the
@@ -589,7 +590,7 @@ class LocalTransaction:
         if not checked:
             self._check(table, values)
         pk = values[pkf.name]
-        plain = _plain_key(pk)
+        plain = plain_key(pk)
         if plain is not pk:  # an IntEnum or StrEnum key is its int or str: one object
             values = {**values, pkf.name: plain}
             pk = plain
@@ -776,8 +777,8 @@ class LocalTransaction:
         return [body] if len(body) <= MAX_CHANGESET_BYTES else None
 
     def _encode(self) -> list[bytes]:
-        """The part's changeset(s): new objects by table as NewObjects groups (a few,
-        or any holding a non-finite float, as instructions), then the rest."""
+        """The part's changeset(s): new objects by table as NewObjects groups (fewer
+        than GROUP_MIN_ROWS of a table as instructions), then the rest."""
         groups = []
         loose = [net for _, net in self._touched.values()]
         for fresh in self._fresh.values():
@@ -900,7 +901,7 @@ def split_encode(
     ]
 
 
-def _plain_key(pk: Value) -> Value:
+def plain_key(pk: Value) -> Value:
     """``pk`` as exactly an int or a str when it is a subclass of one (an enum member):
     keys are compared by type and value within a transaction, and stored plain."""
     t = type(pk)

@@ -223,6 +223,46 @@ def test_an_enum_key_and_its_plain_value_are_one_object(open_realm: OpenRealm) -
     assert len(a.all(Word)) == N + 1 and len(a.all(Slot)) == N + 1
 
 
+def test_an_enum_key_given_to_find_names_the_object_a_transaction_just_created(
+    open_realm: OpenRealm,
+) -> None:
+    """find() with an IntEnum member binds the plain key, so deleting or changing the
+    object later in the same transaction cancels its bulk CREATE instead of leaving
+    both in the changeset (which the server would refuse)."""
+    a, b = open_realm("A", models=(Reading,)), open_realm("B", models=(Reading,))
+
+    class Pin(enum.IntEnum):
+        GONE = 7
+        KEPT = 8
+
+    with a.write():
+        for i in range(N):
+            a.add(Reading(id=i, label=f"r{i}"))
+        gone, kept = a.find(Reading, Pin.GONE), a.find(Reading, Pin.KEPT)
+        assert gone is not None and kept is not None and type(kept.id) is int
+        a.delete(gone)
+        kept.label = "changed"
+    synced(a, b)
+    assert b.snapshot() == a.snapshot()
+    assert b.find(Reading, 7) is None and b.find(Reading, 8).label == "changed"  # type: ignore[union-attr]
+    assert len(b.all(Reading)) == N - 1
+
+
+def test_float_subclasses_such_as_numpy_float64_travel_in_a_group(open_realm: OpenRealm) -> None:
+    np = pytest.importorskip("numpy")
+    a, b = open_realm("A", models=(Reading,)), open_realm("B", models=(Reading,))
+    a.sync_session.pause()
+    with a.write():
+        for i in range(N):
+            a.add(Reading(id=i, value=np.float64(i) / 4))
+    cs = decode_changeset(history(a)[0])
+    assert [len(g) for g in cs.groups] == [N] and not cs.instructions
+    a.sync_session.resume()
+    synced(a, b)
+    got = [r.value for r in b.all(Reading)]
+    assert got == [i / 4 for i in range(N)] and all(type(v) is float for v in got)
+
+
 class Tag(rs.Model):
     id: str = rs.primary_key()
 

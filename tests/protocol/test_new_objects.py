@@ -237,6 +237,14 @@ def test_a_group_holding_a_non_finite_float_is_refused_not_written_as_null(odd: 
         encode_changeset(_cs(group([1, 2], [("a", None, 1.5, True), ("b", 3, odd, False)])))
 
 
+def test_a_float_subclass_is_written_as_its_value_and_its_nan_refused() -> None:
+    np = pytest.importorskip("numpy")
+    g = group([1], [("a", None, np.float64(0.25), True)])
+    assert decode_changeset(encode_changeset(_cs(g))).groups[0].columns[2] == (0.25,)
+    with pytest.raises(ValueError, match="NaN or an infinity"):
+        encode_changeset(_cs(group([1], [("a", None, np.float64("nan"), True)])))
+
+
 def test_a_group_holding_a_lone_surrogate_is_refused() -> None:
     with pytest.raises(ValueError, match="JSON cannot carry"):
         encode_changeset(_cs(group([1], [("\ud800", None, 0.5, True)])))
