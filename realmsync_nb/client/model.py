@@ -110,15 +110,15 @@ class _Field:
         return realm._read_field(type(obj), obj._pk, self.name)
 
     def __set__(self, obj: Model, value: Any) -> None:
+        problem = check_value(self.schema, value)
+        if problem is not None:
+            raise ValidationError(f"{self.model}: {problem}", model=self.model, field=self.name)
         if (
             isinstance(value, int)
             and not isinstance(value, bool)
             and (self.schema.type is ValueType.FLOAT)
         ):
-            value = float(value)
-        problem = check_value(self.schema, value)
-        if problem is not None:
-            raise ValidationError(f"{self.model}: {problem}", model=self.model, field=self.name)
+            value = float(value)  # check_value made sure it has one
         realm = obj._realm
         if realm is None:
             obj._values[self.name] = value
@@ -200,6 +200,8 @@ class Model:
                 problem = check_value(f, default)
                 if problem is not None:
                     raise SchemaError(f"{cls.__name__}: default of {problem}")
+                if vt is ValueType.FLOAT and isinstance(default, int):
+                    default = float(default)  # as assigning it would store it
                 defaults[name] = default
             else:
                 defaults[name] = None if optional else VALUE_DEFAULTS[vt]

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from ..errors import RealmClosedError, RealmError, SchemaError
-from ..protocol.schema import TableSchema, Value
+from ..errors import RealmClosedError, RealmError, SchemaError, ValidationError
+from ..protocol.schema import TableSchema, Value, check_value
 from ..store.realm_file import LocalTransaction, RealmFile, plain_key
 from .model import Model
 
@@ -234,6 +234,15 @@ class Realm:
         # An IntEnum or StrEnum key names the object stored under its plain value;
         # the managed object holds that value, as the one add() returns does.
         pk = plain_key(pk)
+        # A key of another type (True or 1.0 for an int key) would find object 1,
+        # since SQLite compares them equal, but bind a key no change may carry.
+        problem = check_value(model.__table_schema__.primary_key, pk)
+        if problem is not None:
+            raise ValidationError(
+                f"{model.__name__}: find() {problem}",
+                model=model.__name__,
+                field=model.__table_schema__.primary_key.name,
+            )
         if not self._exists(model, pk):
             return None
         return model._bind(self, pk)  # type: ignore[return-value]

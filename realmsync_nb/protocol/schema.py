@@ -125,6 +125,11 @@ def check_value(field: FieldSchema, value: Value) -> str | None:
             return f"{field.name}: {value!r} does not fit in 64 bits"
     elif field.type is ValueType.FLOAT:
         ok = isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool))
+        if ok and isinstance(value, int):  # stored as a float: it must have one
+            try:
+                float(value)
+            except OverflowError:
+                return f"{field.name}: {value!r:.60} is too large for a float"
     else:
         ok = isinstance(value, expected)
     if not ok:

@@ -208,6 +208,40 @@ def test_find(open_realm: OpenRealm) -> None:
     assert t.title == "y"
 
 
+def test_find_refuses_a_key_of_another_type(open_realm: OpenRealm) -> None:
+    """SQLite finds object 1 for True, 1.0 or "1"; the object found would carry a
+    key no change can name (the server refuses it), so find() refuses the key."""
+    a = open_realm("A")
+    with a.write():
+        a.add(Note(id=1, text="one"))
+    for wrong in (True, 1.0, "1"):
+        with pytest.raises(rs.ValidationError, match="expects int") as info:
+            a.find(Note, wrong)
+        assert (info.value.model, info.value.field) == ("Note", "id")
+    with pytest.raises(rs.ValidationError, match="expects str"):
+        a.find(Task, 1)
+    assert a.find(Note, 1).text == "one"  # type: ignore[union-attr]
+
+
+class Gauge(rs.Model):
+    id: int = rs.primary_key()
+    reading: float = 2**64  # an int default of a float field
+
+
+def test_a_float_field_stores_ints_as_floats_and_refuses_one_too_large(
+    open_realm: OpenRealm,
+) -> None:
+    a, b = open_realm("A", models=(Gauge,)), open_realm("B", models=(Gauge,))
+    with pytest.raises(rs.ValidationError, match="too large for a float"):
+        Gauge(id=1, reading=10**400)
+    with a.write():
+        for i in range(40):  # enough for the bulk path (a group) too
+            a.add(Gauge(id=i))
+    sync_all(a, b)
+    got = [g.reading for g in b.all(Gauge)]
+    assert got == [float(2**64)] * 40 and all(type(v) is float for v in got)
+
+
 def test_all_is_live(open_realm: OpenRealm) -> None:
     a, b = open_realm("A"), open_realm("B")
     tasks = a.all(Task)
