@@ -130,6 +130,59 @@ class Arrivals:
         self._sub.cancel()
 
 
+class _ObserverClock:
+    """Time the observers spend in their own code during a run (scenario 6): their
+    stream callbacks, which run on the sync thread, and their throttled renders.
+
+    It wraps the one place each kind of call goes through, for the life of the
+    run. This is the cost counted directly, beside the throughput the run loses,
+    which the machine's run-to-run noise blurs.
+    """
+
+    def __init__(self, observers: list[Any]) -> None:
+        from realmsync_nb.client.loop import Subscription
+        from realmsync_nb.notebook.throttle import Throttle
+
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+        self._inside = threading.local()  # a render inside a callback counts once
+        mine = tuple(type(o) for o in observers)
+        self._restore = [(Subscription, "push"), (Throttle, "_emit")]
+        self._saved = [getattr(cls, name) for cls, name in self._restore]
+        push, emit = self._saved
+
+        def timed_push(sub: Any, item: Any) -> None:
+            # Only the observers' own callbacks: bound methods of their objects.
+            if isinstance(getattr(sub._callback, "__self__", None), mine):
+                self._timed(push, sub, item)
+            else:
+                push(sub, item)
+
+        def timed_emit(throttle: Any, seq: int, value: Any) -> None:
+            self._timed(emit, throttle, seq, value)
+
+        Subscription.push = timed_push  # type: ignore[method-assign]
+        Throttle._emit = timed_emit  # type: ignore[method-assign]
+
+    def _timed(self, fn: Any, *args: Any) -> None:
+        if getattr(self._inside, "active", False):
+            fn(*args)
+            return
+        self._inside.active = True
+        t = time.perf_counter()
+        try:
+            fn(*args)
+        finally:
+            dt = time.perf_counter() - t
+            self._inside.active = False
+            with self._lock:
+                self.seconds += dt
+
+    def close(self) -> None:
+        for (cls, name), fn in zip(self._restore, self._saved, strict=True):
+            setattr(cls, name, fn)
+
+
 class _ErrorLog:
     """The first few distinct errors A's and B's sessions report (from ``session.errors``)."""
 
@@ -192,12 +245,14 @@ def throughput(
 ) -> dict[str, Any]:
     """Scenarios 1, 2 and 6: A writes n records; time until B's events report them all."""
     observers: list[Any] = []
+    clock = None
     if observe:
         from realmsync_nb.notebook import EventLog, SessionWidget
 
         sessions = [pair.a.sync_session, pair.b.sync_session]
         observers = [SessionWidget(s) for s in sessions]
         observers.append(EventLog(sessions))
+        clock = _ObserverClock(observers)
     arrivals = Arrivals(pair.b.sync_session)
     errors = _ErrorLog(pair)
     t0 = time.perf_counter()
@@ -214,7 +269,9 @@ def throughput(
         "download_events": arrivals.events,
         **errors.close(),
     }
-    if observe:
+    if clock is not None:
+        clock.close()
+        result["observer_seconds"] = clock.seconds
         log = observers[-1]
         result["observed_events"] = len(log.to_dataframe())
         for o in observers:

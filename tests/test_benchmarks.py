@@ -51,6 +51,13 @@ def test_quick_benchmarks_complete_and_converge(tmp_path: Path) -> None:
     for scenario in (1, 2, 3, 4, 5):
         assert {r["engine"] for r in runs if r["scenario"] == scenario} == engines
     assert {r["variant"] for r in runs if r["scenario"] == 6} == {"none", "observed"}
+    for r in runs:  # the observers' own time is counted in every observed run, and only there
+        if r["scenario"] == 6:
+            counted = r.get("observer_seconds")
+            if r["variant"] == "observed":
+                assert isinstance(counted, float) and 0 < counted < r["seconds"], r
+            else:
+                assert counted is None, r
     (limits,) = [r for r in runs if r["scenario"] == 0]
     assert limits["engine"] == "machine"
     for key in LIMIT_KEYS:
@@ -155,6 +162,24 @@ def test_the_s2_and_s3_targets_show_what_the_machine_leaves_for_them() -> None:
     s3 = next(x for x in lines if x.startswith("| S3 p50"))
     assert "floor with three durable commits: plain TCP 0.330 ms; websockets 0.410 ms" in s3
     assert any(x.startswith("## L. This machine's limits") for x in lines)
+
+
+def test_the_s6_target_gives_the_cost_counted_directly_beside_the_throughput_lost() -> None:
+    from benchmarks.report import render
+
+    runs = [
+        {**_run("ours", seconds), "scenario": 6, "n": 10_000, "variant": variant, **extra}
+        for variant, seconds, extra in (
+            ("none", 1.00, {}),
+            ("observed", 1.10, {"kind": "observed", "observer_seconds": 0.022}),
+        )
+    ]
+    for run in runs:
+        run["records_per_s"] = 10_000 / run["seconds"]  # type: ignore[operator]
+    lines = render(runs).splitlines()
+    s6 = next(x for x in lines if x.startswith("| S6 observing"))
+    assert "9.1% (counted directly: 2.0% of the run) | **not met** |" in s6
+    assert any("| 2.0% of the run |" in x for x in lines)
 
 
 def _relays_under(path: Path) -> list[int]:
