@@ -534,6 +534,66 @@ def _plain_float(value: object) -> float:
 
 
 _JSON_SCALARS = frozenset({int, float, str, bool, type(None)})
+_BIG = float(1 << 63)
+
+
+def _group_columns(payload: bytes, table: str, width: int, rows: int) -> list[list[Value]]:
+    """A group's columns, parsed and checked.
+
+    orjson parses them about twice as fast as ``json``, and is used when that is
+    provably what ``json`` would give. It differs in two ways. It refuses some
+    input ``json`` reads (a lone surrogate, 1e400): such a group is parsed again
+    by ``json``, and the checks then give the same error as always. And it reads
+    an integer outside [-2**63, 2**64) as a float, which would slip past the
+    64-bit range check: a float that large sends the group to ``json`` too, so an
+    out-of-range integer is still refused (a genuine float that large only takes
+    the slower way)."""
+    try:
+        cols = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if _columns_checked(cols, table, width, rows, exact=False):
+            return cols  # type: ignore[no-any-return]
+    try:
+        cols = json.loads(payload, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nesting
+        raise DecodeError(f"malformed group of {table}: {exc}") from None
+    _columns_checked(cols, table, width, rows, exact=True)
+    return cols  # type: ignore[no-any-return]
+
+
+def _columns_checked(cols: object, table: str, width: int, rows: int, *, exact: bool) -> bool:
+    """Refuse a group whose columns are not ``width`` lists of ``rows`` scalars in
+    range. False, when not ``exact``, for a float at or beyond ±2**63, which may be
+    an integer orjson widened (see _group_columns)."""
+    if not (
+        type(cols) is list
+        and len(cols) == width
+        and all(type(c) is list and len(c) == rows for c in cols)
+    ):
+        raise DecodeError(f"group of {table}: not {width} columns of {rows} values")
+    for c in cols:
+        kinds = set(map(type, c))
+        if not kinds <= _JSON_SCALARS:
+            raise DecodeError(f"group of {table}: a value is not a number, string or null")
+        if not exact and float in kinds:
+            floats = c if len(kinds) == 1 else [v for v in c if type(v) is float]
+            if max(floats) >= _BIG or min(floats) <= -_BIG:
+                return False
+        if int in kinds:
+            ints = c if len(kinds) == 1 else [v for v in c if type(v) is int]
+            if min(ints) < -(1 << 63) or max(ints) >= 1 << 63:
+                raise DecodeError("integer value out of 64-bit range")
+        if not _floats_finite(c, kinds):
+            raise DecodeError(f"group of {table}: a float is not finite")
+        if str in kinds:  # JSON can spell lone surrogates (\ud800); UTF-8 cannot
+            strs = c if len(kinds) == 1 else [v for v in c if type(v) is str]
+            try:
+                "".join(strs).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DecodeError(f"invalid UTF-8 string: {exc.reason}") from None
+    return True
 
 
 def _decode_groups(data: bytes, pos: int, names: list[str]) -> tuple[tuple[NewObjects, ...], int]:
@@ -557,35 +617,8 @@ def _decode_groups(data: bytes, pos: int, names: list[str]) -> tuple[tuple[NewOb
         end = pos + length
         if end > size:
             raise DecodeError("truncated group")
-        try:
-            # Not orjson: it reads an integer beyond 64 bits as a float, which would
-            # let one pass where the check below refuses it.
-            cols = json.loads(data[pos:end], parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nesting
-            raise DecodeError(f"malformed group of {table}: {exc}") from None
+        cols = _group_columns(data[pos:end], table, nf + 1, rows)
         pos = end
-        if not (
-            type(cols) is list
-            and len(cols) == nf + 1
-            and all(type(c) is list and len(c) == rows for c in cols)
-        ):
-            raise DecodeError(f"group of {table}: not {nf + 1} columns of {rows} values")
-        for c in cols:
-            kinds = set(map(type, c))
-            if not kinds <= _JSON_SCALARS:
-                raise DecodeError(f"group of {table}: a value is not a number, string or null")
-            if int in kinds:
-                ints = c if len(kinds) == 1 else [v for v in c if type(v) is int]
-                if min(ints) < -(1 << 63) or max(ints) >= 1 << 63:
-                    raise DecodeError("integer value out of 64-bit range")
-            if not _floats_finite(c, kinds):
-                raise DecodeError(f"group of {table}: a float is not finite")
-            if str in kinds:  # JSON can spell lone surrogates (\ud800); UTF-8 cannot
-                strs = c if len(kinds) == 1 else [v for v in c if type(v) is str]
-                try:
-                    "".join(strs).encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    raise DecodeError(f"invalid UTF-8 string: {exc.reason}") from None
         groups.append(NewObjects(table, tuple(fields), tuple(cols[0]), tuple(map(tuple, cols[1:]))))
     return tuple(groups), pos
 

@@ -147,6 +147,11 @@ def test_raw_group_helper_builds_a_valid_changeset() -> None:
         (_raw_group(b'[[1],[{"k":2}]]'), "not a number, string or null"),
         (_raw_group(b"[[9223372036854775808],[1]]"), "64-bit range"),
         (_raw_group(b'[[-9223372036854775809],["a"]]'), "64-bit range"),
+        # Beyond 64 bits unsigned, orjson would read these as floats.
+        (_raw_group(b'[[18446744073709551616],["a"]]'), "64-bit range"),
+        (_raw_group(b"[[1],[1.5,100000000000000000000000]]", rows=2), "not 2 columns"),
+        (_raw_group(b"[[1,2],[1.5,100000000000000000000000]]", rows=2), "64-bit range"),
+        (_raw_group(b"[[1,2],[-1e19,-100000000000000000000000]]", rows=2), "64-bit range"),
         (_raw_group(b"[[1" + b"0" * 5000 + b'],["a"]]'), "malformed group"),
         (_raw_group(b"[[1],[NaN]]"), "NaN is not allowed"),
         (_raw_group(b"[[1],[1e400]]"), "not finite"),
@@ -160,6 +165,36 @@ def test_raw_group_helper_builds_a_valid_changeset() -> None:
 def test_bad_groups_fail_with_a_decode_error(data: bytes, why: str) -> None:
     with pytest.raises(DecodeError, match=why):
         decode_changeset(data)
+
+
+_scalars = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),  # often beyond 64 bits
+    st.sampled_from([I64_MAX, I64_MAX + 1, 2**64 - 1, 2**64, I64_MIN, I64_MIN - 1, -(10**30)]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(st.lists(st.lists(_scalars, min_size=3, max_size=3), min_size=1, max_size=4))
+def test_a_group_decodes_to_exactly_what_the_json_module_reads(columns: list[list[object]]) -> None:
+    """Groups are parsed by orjson where that is provably what ``json`` gives; the
+    values (and their types) must be json's, and a too-large integer is refused."""
+    payload = json.dumps(columns).encode()
+    expected = json.loads(payload)
+    try:
+        cs = decode_changeset(_raw_group(payload, n_fields=len(columns) - 1, rows=3))
+    except DecodeError as exc:
+        assert "64-bit range" in str(exc)
+        assert any(type(v) is int and not I64_MIN <= v <= I64_MAX for c in expected for v in c)
+        return
+    assert all(type(v) is not int or I64_MIN <= v <= I64_MAX for c in expected for v in c)
+    (g,) = cs.groups
+    got = [list(g.keys), *map(list, g.columns)]
+    assert got == expected
+    assert [[type(v) for v in c] for c in got] == [[type(v) for v in c] for c in expected]
 
 
 @given(st.binary(max_size=60))
