@@ -197,6 +197,56 @@ def test_a_group_decodes_to_exactly_what_the_json_module_reads(columns: list[lis
     assert [[type(v) for v in c] for c in got] == [[type(v) for v in c] for c in expected]
 
 
+# orjson reads this 777-digit number as 1100000.8571755434; json (correctly) rounds
+# it down to 1100000.8571755432.
+_LONG_NUMBER = b"11000008571755433218" + b"0" * 750 + b".6e-763"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[[1],[" + _LONG_NUMBER + b"]]",
+        b"[[1,2],[0.5," + _LONG_NUMBER + b"]]",
+        b"[[1,2],[100000000000000000,-100000000000000000]]",  # 18 digits, in range
+        b'[[1,2],["123456789012345678901234567890","a"]]',  # a long run inside a string
+    ],
+)
+def test_a_long_run_of_digits_decodes_as_the_json_module_reads_it(payload: bytes) -> None:
+    expected = json.loads(payload)
+    rows = len(expected[0])
+    (g,) = decode_changeset(_raw_group(payload, rows=rows)).groups
+    got = [list(g.keys), *map(list, g.columns)]
+    assert got == expected
+    assert [[type(v) for v in c] for c in got] == [[type(v) for v in c] for c in expected]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[[1]," + b"[" * 1000 + b"]" * 1000 + b"]",  # deeper than json reads, not orjson
+        b"[[1],[" + b"[" * 1000 + b"]" * 1000 + b"]]",
+        b'{"a":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b"[[1],[[2]]]",
+        b'[[1],["a\\ud800"]]',
+    ],
+)
+def test_a_refused_group_gets_the_json_modules_error(payload: bytes) -> None:
+    """Whatever is refused is refused with the error ``json`` alone leads to."""
+    try:
+        cols = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        expected = f"malformed group of Row: {exc}"
+    else:
+        expected = None
+    with pytest.raises(DecodeError) as info:
+        decode_changeset(_raw_group(payload))
+    if expected is not None:
+        assert str(info.value) == expected
+    else:
+        assert cols != []  # it parsed: the column checks refuse it, as they always did
+        assert "malformed" not in str(info.value)
+
+
 @given(st.binary(max_size=60))
 def test_fuzzed_group_payloads_fail_only_with_decode_error(payload: bytes) -> None:
     try:
