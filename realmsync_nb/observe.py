@@ -13,7 +13,9 @@ STATE                     previous, current (SessionState names)
 PAUSE / RESUME            current (the session state after)
 UPLOAD_SENT               bytes, changesets, client_version (the highest sent)
 UPLOAD_ACKED              bytes, changesets, client_version, latency (send → ack, seconds)
-DOWNLOAD_INTEGRATED       bytes, changesets, server_version, remaining_bytes
+DOWNLOAD_INTEGRATED       bytes, changesets, server_version, remaining_bytes, objects
+                          (the objects each changeset created, changed or deleted here,
+                          summed; 0 when the merge rules kept what this replica had)
 PROGRESS                  direction, transferred, transferable, estimate
 WAIT                      direction, outcome ("started", "done", "failed", "cancelled")
 ERROR                     code, message, retry, fatal
@@ -63,6 +65,7 @@ class SyncEvent:
     client_version: int | None = None
     server_version: int | None = None
     remaining_bytes: int | None = None
+    objects: int | None = None
     transferred: int | None = None
     transferable: int | None = None
     estimate: float | None = None
@@ -88,8 +91,9 @@ class SyncEvent:
             lat = f", {self.latency * 1000:.1f} ms" if self.latency is not None else ""
             return f"upload acked: {self.changesets} changesets, {self.bytes} B{lat}"
         if k == EventKind.DOWNLOAD_INTEGRATED:
+            changed = "" if self.objects is None else f" ({self.objects} objects changed)"
             return (
-                f"download: {self.changesets} changesets, {self.bytes} B, "
+                f"download: {self.changesets} changesets{changed}, {self.bytes} B, "
                 f"{self.remaining_bytes} B to come"
             )
         if k == EventKind.PROGRESS:

@@ -971,6 +971,7 @@ class Session:
                     changesets=result.changesets,
                     server_version=msg.download_cursor,
                     remaining_bytes=msg.remaining_bytes,
+                    objects=result.changed_objects,
                 )
         self._acknowledged(msg.upload_ack)
         down = Counters(

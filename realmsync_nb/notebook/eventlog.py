@@ -41,6 +41,7 @@ INT_COLUMNS = (
     "client_version",
     "server_version",
     "remaining_bytes",
+    "objects",
     "transferred",
     "transferable",
     "code",
@@ -454,6 +455,8 @@ def read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a CSV written by :meth:`EventLog.to_csv` back with the same dtypes.
 
     CSV cannot tell an empty ``message`` from a missing one; both read as missing.
+    A column the file lacks (``objects``, in a log written by an earlier build) reads
+    as missing in every row.
     """
     raw = pd.read_csv(
         path,
@@ -464,6 +467,9 @@ def read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         keep_default_na=False,
         na_values=[""],
     )
+    for name in event_fields():
+        if name not in raw and name not in ("time", "session", "kind"):
+            raw[name] = pd.Series(pd.NA, index=raw.index, dtype=COLUMN_DTYPES[name])
     data: dict[str, Any] = {}
     for name in event_fields():
         column = raw[name]

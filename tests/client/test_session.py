@@ -637,6 +637,7 @@ def test_events(server: rs.SyncServer, open_realm: OpenRealm) -> None:
     assert acked[0].latency is not None and acked[0].latency >= 0
     (down,) = of(rs.EventKind.DOWNLOAD_INTEGRATED)
     assert (down.bytes, down.changesets, down.remaining_bytes) == (len(b_body), 1, 0)
+    assert down.objects == 1  # B's one new object
     progress = of(rs.EventKind.PROGRESS)
     assert {e.direction for e in progress} == {"upload", "download"}
     assert progress[-1].estimate is not None

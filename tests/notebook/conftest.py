@@ -69,6 +69,7 @@ def device_events(name: str, offset: float = 0.0) -> list[SyncEvent]:
                 changesets=1,
                 server_version=i + 1,
                 remaining_bytes=500 - i * 50,
+                objects=i,
             ),
         ]
     events += [

@@ -36,6 +36,7 @@ def test_dataframe_columns_and_dtypes(two_devices: list[SyncEvent]) -> None:
         "client_version",
         "server_version",
         "remaining_bytes",
+        "objects",
         "transferred",
         "transferable",
         "code",
@@ -162,6 +163,24 @@ def test_csv_round_trip(two_devices: list[SyncEvent], tmp_path: Path) -> None:
     path = tmp_path / "log.csv"
     log.to_csv(path)
     pd.testing.assert_frame_equal(read_csv(path), log.to_dataframe())
+
+
+def test_csv_without_a_newer_column_reads_it_as_missing(
+    two_devices: list[SyncEvent], tmp_path: Path
+) -> None:
+    """A log saved by a build whose events had no ``objects`` still reads back."""
+    log = EventLog()
+    log.extend(two_devices)
+    path = tmp_path / "old.csv"
+    log.to_dataframe().drop(columns=["objects"]).to_csv(path, index=False)
+    log.to_csv(tmp_path / "new.csv")
+    assert "objects" not in pd.read_csv(path).columns
+    old = read_csv(path)
+    assert list(old.columns) == list(event_fields())
+    assert old["objects"].dtype == pd.Int64Dtype() and old["objects"].isna().all()
+    new = read_csv(tmp_path / "new.csv")
+    assert new["objects"].notna().any()
+    pd.testing.assert_frame_equal(old.drop(columns=["objects"]), new.drop(columns=["objects"]))
 
 
 def test_csv_round_trip_of_a_ring(two_devices: list[SyncEvent], tmp_path: Path) -> None:
