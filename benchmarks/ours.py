@@ -7,16 +7,18 @@ providers share one asyncio loop. A writes on the calling thread.
 How B's arrival is learned (scenarios 1, 2, 3, 6): a listener on B's
 ``session.events`` timestamps every DOWNLOAD_INTEGRATED event. That event is
 emitted on the sync thread right after the SQLite transaction that integrated a
-DOWNLOAD has committed, so it is B's own notification that data is in its file.
-Each time events arrive, the waiting thread reads B's object count once; when it
-reaches N, the time of the run is the timestamp of the event that completed it
-(see :meth:`Arrivals.wait_rows`), minus the time just before A's first write.
-Counting rows rather than changesets keeps this right however the engine splits
-or merges transactions into changesets.
+DOWNLOAD has committed, so it is B's own notification that data is in its file,
+and it says how many objects that download changed (``objects``). The time of the
+run is the timestamp of the event that brought the sum to N (see
+:meth:`Arrivals.wait_rows`), minus the time just before A's first write. B's file
+is read once, at the end, to check that it holds all N. Counting objects rather
+than changesets keeps this right however the engine splits or merges
+transactions into changesets.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import sys
 import threading
@@ -42,10 +44,12 @@ class Rec(rs.Model):
 
 
 class Arrivals:
-    """B's DOWNLOAD_INTEGRATED events, each with the moment the listener saw it."""
+    """B's DOWNLOAD_INTEGRATED events: the moment the listener saw each, and the
+    number of objects B's downloads had changed by then."""
 
     def __init__(self, session: rs.Session) -> None:
         self.stamps: list[float] = []  # perf_counter of each event, in order
+        self.totals: list[int] = []  # objects changed by this event and all before it
         self._cond = threading.Condition()
         self._sub = session.events.listen(self._on_event)
 
@@ -55,6 +59,7 @@ class Arrivals:
         stamp = time.perf_counter()
         with self._cond:
             self.stamps.append(stamp)
+            self.totals.append((self.totals[-1] if self.totals else 0) + (event.objects or 0))
             self._cond.notify_all()
 
     @property
@@ -62,69 +67,29 @@ class Arrivals:
         return len(self.stamps)
 
     def wait_rows(
-        self, realm: rs.Realm, n: int, timeout: float, stall: float, after: int | None = None
+        self, realm: rs.Realm, n: int, timeout: float, stall: float
     ) -> tuple[bool, float]:
-        """Until B's realm holds ``n`` records; (arrived, time of the completing event).
+        """Until B's downloads have changed ``n`` objects, then check B holds ``n``.
 
-        B's count is read once per wake-up (after one or more events), never in a
-        spin. The completing event is the one emitted right after the commit that
-        made the count reach n: either the last one seen before the count, or the
-        next one, which the sync thread emits a moment after that commit. With
-        ``after``, see :meth:`_wait_after`. False on ``timeout``, or after
-        ``stall`` seconds without any event.
+        Returns (arrived, time of the event that brought the sum to ``n``). Waits on
+        the events alone, so nothing reads B's file while the data is on its way.
+        False on ``timeout``, after ``stall`` seconds without any event, or when B's
+        file holds fewer than ``n`` once the events say they all came.
         """
         deadline = time.perf_counter() + timeout
         last_change = time.perf_counter()
-        if after is not None:
-            return self._wait_after(realm, n, after, deadline, stall)
-        while True:
-            with self._cond:
-                before = len(self.stamps)
-            if len(realm.all(Rec)) >= n:
-                with self._cond:
-                    grace = 0.05 if before else stall  # no event seen yet: one must come
-                    self._cond.wait_for(lambda b=before: len(self.stamps) > b, grace)
-                    if len(self.stamps) > before:
-                        return True, self.stamps[before]
-                    return True, self.stamps[before - 1] if before else time.perf_counter()
-            with self._cond:
+        with self._cond:
+            seen = len(self.stamps)
+            while not self.totals or self.totals[-1] < n:
                 now = time.perf_counter()
-                if len(self.stamps) == before:
-                    wait = min(deadline - now, stall - (now - last_change), 1.0)
-                    if wait <= 0:
-                        return False, now
-                    self._cond.wait(wait)
-                if len(self.stamps) != before:
-                    last_change = time.perf_counter()
-
-    def _wait_after(
-        self, realm: rs.Realm, n: int, after: int, deadline: float, stall: float
-    ) -> tuple[bool, float]:
-        """One write in flight, whose data can only come in an event after the first
-        ``after``: wait for each next event, then read B's count once.
-
-        The count is read only after an event, never while the write is on its
-        way: reading B's file meanwhile would compete for the GIL with the sync
-        thread carrying that write (the peer's harness likewise only looks when
-        its observer fires). The completing event is the first of the events that
-        arrived before the count reached ``n``.
-        """
-        seen = after
-        last_event = time.perf_counter()
-        while True:
-            with self._cond:
-                now = time.perf_counter()
-                wait = min(deadline - now, stall - (now - last_event), 1.0)
+                wait = min(deadline - now, stall - (now - last_change), 1.0)
                 if wait <= 0:
                     return False, now
-                if not self._cond.wait_for(lambda s=seen: len(self.stamps) > s, wait):
-                    continue  # no event yet: give up only at the deadline or the stall
-                first, seen = seen, len(self.stamps)
-                last_event = time.perf_counter()
-            if len(realm.all(Rec)) >= n:
-                # The earliest event of this wake-up: with one write in flight, the one
-                # that carried it.
-                return True, self.stamps[first]
+                self._cond.wait(wait)
+                if len(self.stamps) != seen:
+                    seen, last_change = len(self.stamps), time.perf_counter()
+            end = self.stamps[bisect.bisect_left(self.totals, n)]  # the totals only rise
+        return len(realm.all(Rec)) >= n, end
 
     def close(self) -> None:
         self._sub.cancel()
@@ -141,37 +106,65 @@ class _ObserverClock:
 
     def __init__(self, observers: list[Any]) -> None:
         from realmsync_nb.client.loop import Subscription
+        from realmsync_nb.client.session import Session
         from realmsync_nb.notebook.throttle import Throttle
 
         self.seconds = 0.0
         self._lock = threading.Lock()
         self._inside = threading.local()  # a render inside a callback counts once
         mine = tuple(type(o) for o in observers)
-        self._restore = [(Subscription, "push"), (Throttle, "_emit")]
+
+        def theirs(sink: Any) -> bool:  # a subscription whose callback is an observer's
+            return isinstance(getattr(getattr(sink, "_callback", None), "__self__", None), mine)
+
+        self._restore = [
+            (Subscription, "push"),
+            (Throttle, "_emit"),
+            (Session, "_emit"),
+            (Session, "_report"),
+        ]
         self._saved = [getattr(cls, name) for cls, name in self._restore]
-        push, emit = self._saved
+        push, render, event, report = self._saved
 
         def timed_push(sub: Any, item: Any) -> None:
             # Only the observers' own callbacks: bound methods of their objects.
-            if isinstance(getattr(sub._callback, "__self__", None), mine):
+            if theirs(sub):
                 self._timed(push, sub, item)
             else:
                 push(sub, item)
 
-        def timed_emit(throttle: Any, seq: int, value: Any) -> None:
-            self._timed(emit, throttle, seq, value)
+        def timed_render(throttle: Any, seq: int, value: Any) -> None:
+            self._timed(render, throttle, seq, value)
+
+        def timed_event(session: Any, kind: Any, **fields: Any) -> None:
+            # A session builds an event only while something listens: when only the
+            # observers do, building it is part of their cost too.
+            sinks = session._event_sinks
+            if sinks and all(map(theirs, sinks)):
+                self._timed(event, session, kind, **fields)
+            else:
+                event(session, kind, **fields)
+
+        def timed_report(session: Any, reg: Any) -> None:
+            # A progress stream's value is worked out for its listener alone.
+            if theirs(reg.sink):
+                self._timed(report, session, reg)
+            else:
+                report(session, reg)
 
         Subscription.push = timed_push  # type: ignore[method-assign]
-        Throttle._emit = timed_emit  # type: ignore[method-assign]
+        Throttle._emit = timed_render  # type: ignore[method-assign]
+        Session._emit = timed_event  # type: ignore[method-assign]
+        Session._report = timed_report  # type: ignore[method-assign]
 
-    def _timed(self, fn: Any, *args: Any) -> None:
+    def _timed(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         if getattr(self._inside, "active", False):
-            fn(*args)
+            fn(*args, **kwargs)
             return
         self._inside.active = True
         t = time.perf_counter()
         try:
-            fn(*args)
+            fn(*args, **kwargs)
         finally:
             dt = time.perf_counter() - t
             self._inside.active = False
@@ -285,11 +278,10 @@ def latency(pair: Pair, n: int, *, timeout: float, stall: float) -> dict[str, An
     samples: list[float] = []
     converged = True
     for i in range(n):
-        seen = arrivals.events
         t0 = time.perf_counter()
         with pair.a.write():
             pair.a.add(Rec(**record(i)))
-        arrived, end = arrivals.wait_rows(pair.b, i + 1, timeout, stall, after=seen)
+        arrived, end = arrivals.wait_rows(pair.b, i + 1, timeout, stall)
         if not arrived:
             converged = False
             break
