@@ -260,6 +260,8 @@ def throughput(
         "seconds": end - t0,
         "write_seconds": written,
         "download_events": arrivals.events,
+        # When the last download that did arrive came (a run that lost some).
+        "last_arrival_seconds": arrivals.stamps[-1] - t0 if arrivals.stamps else None,
         **errors.close(),
     }
     if clock is not None:

@@ -179,6 +179,8 @@ async def throughput(
             "received": received,
             "seconds": end - t0,
             "write_seconds": written,
+            # When the last update that did arrive came (a run that lost some).
+            "last_arrival_seconds": b.last_at - t0 if b.last_at else None,
         }
     finally:
         await a.disconnect()

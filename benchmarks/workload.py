@@ -9,6 +9,7 @@ Our engine stores it as a Model with those fields; the peer as one Y.Map entry
 from __future__ import annotations
 
 import json
+import math
 import resource
 import statistics
 import sys
@@ -65,7 +66,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    # The smallest value with at least q % of them at or below it: rank ceil(q·n/100).
+    # (q * n / 100, not q / 100 * n: 0.99 * 500 is 495.00000000000006.)
+    k = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered) / 100) - 1))
     return ordered[k]
 
 

@@ -237,3 +237,15 @@ def test_a_limits_client_stopped_with_sigterm_stops_its_relay(tmp_path: Path) ->
         time.sleep(0.05)
     assert _relays_under(tmp_path) == []
     assert list(tmp_path.iterdir()) == []  # its directory, with the relays' files, is gone
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    """p99 of 500 latencies is the 495th smallest: 1 % (5 values) lie above it."""
+    from benchmarks.workload import percentile
+
+    values = [float(v) for v in range(1, 501)]
+    assert percentile(values, 99) == 495.0
+    assert percentile(values, 50) == 250.0
+    assert percentile(values, 100) == 500.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([7.0], 99) == 7.0
