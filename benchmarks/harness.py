@@ -152,21 +152,26 @@ def run_one(case: Case, engine: str) -> dict[str, Any]:
         server.start()
         options: dict[str, float] = {"timeout": case.timeout, "stall": case.stall}
         if case.kind == "idle":
-            baseline = server.memory().get("rss_mib")
+            empty = server.memory().get("rss_mib")
             client = ClientProcess(engine, case.kind, server.url, case.n, **options)
-            ready = client.ready(case.timeout + 60)
+            warm = client.ready(case.timeout + 60)  # the first IDLE_WARM sessions are in
+            baseline = server.memory().get("rss_mib")
+            client.release()
+            ready = client.ready(case.timeout + 60) if warm is not None else None
             loaded = server.memory()
             client.release()
             record = client.result(60)
-            if ready is None:
+            if warm is None or ready is None:
                 record.setdefault("error", "the idle sessions never reported READY")
                 record["converged"] = False
             else:
                 record["server_idle_rss_mib"] = loaded.get("rss_mib")
+                record["server_empty_rss_mib"] = empty
                 record["server_base_rss_mib"] = baseline
-                if baseline is not None and loaded.get("rss_mib") is not None:
+                added = case.n - warm.get("connected", 0)
+                if baseline is not None and loaded.get("rss_mib") is not None and added > 0:
                     record["server_kib_per_session"] = round(
-                        (loaded["rss_mib"] - baseline) * 1024 / max(1, case.n), 1
+                        (loaded["rss_mib"] - baseline) * 1024 / added, 1
                     )
                 record["client_idle_rss_mib"] = ready.get("client_rss_mib")
         else:

@@ -248,7 +248,7 @@ def _more_than(items: list[float], n: int) -> bool:
 
 
 def latency_floor(workdir: str, transport: str, n: int) -> dict[str, float]:
-    """Scenario 3's path with nothing but three durable commits and the transport."""
+    """Scenario 3's path with nothing but three SQLite commits and the transport."""
     a = _db(os.path.join(workdir, f"a-{transport}.db"))
     b = _db(os.path.join(workdir, f"b-{transport}.db"), threads=True)
     relay = _Relay(transport, workdir)

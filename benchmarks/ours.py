@@ -27,7 +27,15 @@ from typing import Any
 
 import realmsync_nb as rs
 
-from .workload import CATCH_UP_BATCH, READY_PREFIX, emit, peak_rss_mib, percentile, record
+from .workload import (
+    CATCH_UP_BATCH,
+    IDLE_WARM,
+    READY_PREFIX,
+    emit,
+    peak_rss_mib,
+    percentile,
+    record,
+)
 
 __all__ = ["Rec", "run"]
 
@@ -305,7 +313,8 @@ def catch_up(pair: Pair, n: int, *, timeout: float) -> dict[str, Any]:
     """Scenario 4: B paused while A writes n (CATCH_UP_BATCH per transaction); B resumes.
 
     Timed from ``resume()`` until ``wait_for_download()`` completes. Every download
-    progress value B's REPORT_INDEFINITELY stream yields meanwhile is kept.
+    progress value B's REPORT_INDEFINITELY stream yields meanwhile is kept; not the
+    value it starts with (delivered as it attaches, before the resume).
     """
     b = pair.b.sync_session
     b.pause()
@@ -328,6 +337,7 @@ def catch_up(pair: Pair, n: int, *, timeout: float) -> dict[str, Any]:
             )
         )
     )
+    del seen[:]  # the stream's value at attach time, before B knows what waits
     b.resume()
     converged = True
     try:
@@ -356,31 +366,33 @@ def catch_up(pair: Pair, n: int, *, timeout: float) -> dict[str, Any]:
 def idle_sessions(url: str, workdir: str, n: int, *, timeout: float) -> dict[str, Any]:
     """Scenario 5b: open n realms (one App, one user), each connected, then idle.
 
-    Prints a READY line once every session has completed a download round trip,
-    then waits for a line on stdin (the harness measures the server meanwhile).
+    Prints a READY line once the first IDLE_WARM sessions have completed a download
+    round trip, and another once all have, each time waiting for a line on stdin
+    (the harness measures the server meanwhile).
     """
     t0 = time.perf_counter()
     app = rs.App(url)
     try:
         user = app.log_in(rs.Credentials.anonymous()).result(timeout)
-        realms = []
-        for i in range(n):
-            path = os.path.join(workdir, f"idle-{i}.realm")
-            realms.append(
-                rs.Realm(rs.Configuration.flexible_sync(user, [Rec], path=path, name=f"idle{i}"))
-            )
-        futures = [r.sync_session.wait_for_download() for r in realms]
         deadline = time.perf_counter() + timeout
+        realms: list[rs.Realm] = []
         connected = 0
-        for fut in futures:
-            try:
-                fut.result(max(0.1, deadline - time.perf_counter()))
-                connected += 1
-            except TimeoutError:
-                pass
+        for upto in (min(IDLE_WARM, n), n):
+            opening = []
+            for i in range(len(realms), upto):
+                path = os.path.join(workdir, f"idle-{i}.realm")
+                config = rs.Configuration.flexible_sync(user, [Rec], path=path, name=f"idle{i}")
+                opening.append(rs.Realm(config))
+            realms += opening
+            for fut in [r.sync_session.wait_for_download() for r in opening]:
+                try:
+                    fut.result(max(0.1, deadline - time.perf_counter()))
+                    connected += 1
+                except TimeoutError:
+                    pass
+            emit(READY_PREFIX, {"connected": connected, "client_rss_mib": peak_rss_mib()})
+            sys.stdin.readline()
         opened = time.perf_counter() - t0
-        emit(READY_PREFIX, {"connected": connected, "client_rss_mib": peak_rss_mib()})
-        sys.stdin.readline()
         still = sum(r.sync_session.connection_state is rs.ConnectionState.CONNECTED for r in realms)
         return {
             "converged": connected == n and still == n,

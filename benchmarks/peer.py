@@ -29,7 +29,15 @@ from typing import Any
 from pycrdt import Doc, Map, MapEvent, Provider
 
 from .peer_server import MAX_MESSAGE, WebsocketsChannel
-from .workload import CATCH_UP_BATCH, READY_PREFIX, emit, peak_rss_mib, percentile, record
+from .workload import (
+    CATCH_UP_BATCH,
+    IDLE_WARM,
+    READY_PREFIX,
+    emit,
+    peak_rss_mib,
+    percentile,
+    record,
+)
 
 __all__ = ["run"]
 
@@ -267,12 +275,18 @@ async def catch_up(
 async def idle_sessions(transport: str, url: str, n: int, *, timeout: float) -> dict[str, Any]:
     """n clients, each its own doc and room, connected and synced, then idle."""
     t0 = time.perf_counter()
-    replicas = [Replica(transport, url, f"/idle-{i}") for i in range(n)]
-    results = await asyncio.gather(*(r.connect(timeout) for r in replicas), return_exceptions=True)
-    connected = sum(1 for r in results if r is None)
+    replicas: list[Replica] = []
+    connected = 0
+    for upto in (min(IDLE_WARM, n), n):  # READY after the first few, and after all
+        opening = [Replica(transport, url, f"/idle-{i}") for i in range(len(replicas), upto)]
+        replicas += opening
+        results = await asyncio.gather(
+            *(r.connect(timeout) for r in opening), return_exceptions=True
+        )
+        connected += sum(1 for r in results if r is None)
+        emit(READY_PREFIX, {"connected": connected, "client_rss_mib": peak_rss_mib()})
+        await asyncio.to_thread(sys.stdin.readline)
     opened = time.perf_counter() - t0
-    emit(READY_PREFIX, {"connected": connected, "client_rss_mib": peak_rss_mib()})
-    await asyncio.to_thread(sys.stdin.readline)
     await asyncio.gather(*(r.disconnect() for r in replicas), return_exceptions=True)
     return {"converged": connected == n, "received": connected, "seconds": opened}
 

@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "CATCH_UP_BATCH",
+    "IDLE_WARM",
     "READY_PREFIX",
     "RESULT_PREFIX",
     "emit",
@@ -37,6 +38,12 @@ READY_PREFIX = "READY "
 # 100k records are 1,000 changesets (one per record would make the writer phase,
 # which is not measured, most of the run).
 CATCH_UP_BATCH = 100
+
+# Scenario 5a: the server's baseline is taken with this many sessions already
+# connected, so what the first connection costs once (code paths, buffers, caches)
+# is not counted per session. The client prints a READY line after these, and
+# another after all of them.
+IDLE_WARM = 10
 
 
 def record(i: int) -> dict[str, Any]:
