@@ -160,26 +160,52 @@ def test_the_s2_and_s3_targets_show_what_the_machine_leaves_for_them() -> None:
     assert "1.00× (vs peer/ws); 2× needs the whole run within 1.00 s, and A's " in s2
     assert "transaction alone took 1.20 s" in s2
     s3 = next(x for x in lines if x.startswith("| S3 p50"))
-    assert "floor with three durable commits: plain TCP 0.330 ms; websockets 0.410 ms" in s3
+    assert "floor with three SQLite commits: plain TCP 0.330 ms; websockets 0.410 ms" in s3
     assert any(x.startswith("## L. This machine's limits") for x in lines)
 
 
-def test_the_s6_target_gives_the_cost_counted_directly_beside_the_throughput_lost() -> None:
+def test_the_s6_target_compares_runs_pair_by_pair() -> None:
     from benchmarks.report import render
 
     runs = [
-        {**_run("ours", seconds), "scenario": 6, "n": 10_000, "variant": variant, **extra}
+        {
+            **_run("ours", seconds),
+            "scenario": 6,
+            "n": 10_000,
+            "variant": variant,
+            "repeat": repeat,
+            **extra,
+        }
+        for repeat, plain, seen in ((0, 1.00, 1.10), (1, 1.00, 0.95), (2, 1.20, 1.25))
         for variant, seconds, extra in (
-            ("none", 1.00, {}),
-            ("observed", 1.10, {"kind": "observed", "observer_seconds": 0.022}),
+            ("none", plain, {}),
+            ("observed", seen, {"kind": "observed", "observer_seconds": 0.022}),
         )
     ]
     for run in runs:
         run["records_per_s"] = 10_000 / run["seconds"]  # type: ignore[operator]
     lines = render(runs).splitlines()
     s6 = next(x for x in lines if x.startswith("| S6 observing"))
-    assert "9.1% (counted directly: 2.0% of the run) | **not met** |" in s6
-    assert any("| 2.0% of the run |" in x for x in lines)
+    # Pairs lose 9.1 %, -5.3 % and 4.0 %: the median pair, 4.0 %, meets the target,
+    # although the medians of the two variants (10,000 and 9,091/s) differ by 9.1 %.
+    assert "| 4.0% pair by pair; 9.1% by the medians; the observers' own code 2.0%" in s6
+    assert s6.endswith("| met |")
+    assert any("| 9.1% | 4.0% (slower in 2 of 3 pairs) | 2.0% of the run |" in x for x in lines)
+
+
+def test_the_s1_target_says_how_much_a_peer_that_lost_updates_delivered() -> None:
+    lost = {**_run("peer-websockets", 20.0, converged=False), "received": 66_000}
+    records = [
+        _run("ours", 10.0),
+        _run("peer-hypercorn", 40.0),
+        {**lost, "last_arrival_seconds": 11.0},
+    ]
+    line = _s1_target(records)
+    assert "4.00× (vs peer/hc)" in line
+    assert (
+        "peer/ws lost updates in 1 of 1 runs (received 66,000–66,000 of 100,000), "
+        "at 6,000/s until its last update arrived (ours 1.67× that)"
+    ) in line
 
 
 def _relays_under(path: Path) -> list[int]:
