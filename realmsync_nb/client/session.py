@@ -951,28 +951,23 @@ class Session:
                 inline = None
                 if sum(map(len, bodies)) <= INLINE_INTEGRATE_BYTES:
                     inline = self._file.try_integrate(msg.download_cursor, bodies, ack)
-                result = (
-                    inline
-                    if inline is not None
-                    else await self._in_db(
-                        lambda: self._file.integrate(msg.download_cursor, bodies, ack)
+                if inline is None:
+                    work = asyncio.get_running_loop().run_in_executor(
+                        self._db, lambda: self._file.integrate(msg.download_cursor, bodies, ack)
                     )
-                )
+                    try:
+                        inline = await asyncio.shield(work)
+                    except asyncio.CancelledError:
+                        # The connection is going (a pause, a dead link) but the worker
+                        # commits anyway: say so once it has, so the events match the file.
+                        work.add_done_callback(lambda f: self._integrated_late(f, msg, ack))
+                        raise
+                result = inline
             except DecodeError as exc:
                 raise ProtocolError(
                     f"the server sent a bad changeset: {exc}", code=ErrorCode.BAD_CHANGESET
                 ) from None
-            self._download_cursor = self._stored_cursor = msg.download_cursor
-            self._stored_ack = max(self._stored_ack, ack)
-            if result.changesets:
-                self._emit(
-                    EventKind.DOWNLOAD_INTEGRATED,
-                    bytes=result.bytes,
-                    changesets=result.changesets,
-                    server_version=msg.download_cursor,
-                    remaining_bytes=msg.remaining_bytes,
-                    objects=result.changed_objects,
-                )
+            self._integrated(result, msg, ack)
         self._acknowledged(msg.upload_ack)
         down = Counters(
             self._down.transferred + result.bytes,
@@ -981,6 +976,28 @@ class Session:
         if down != self._down:
             self._down = down
             self._progress_changed(ProgressDirection.DOWNLOAD)
+
+    def _integrated(self, result: IntegrateResult, msg: Download, ack: int) -> None:
+        """A DOWNLOAD's changesets are committed to the file: move the cursors, report."""
+        self._download_cursor = max(self._download_cursor, msg.download_cursor)
+        self._stored_cursor = max(self._stored_cursor, msg.download_cursor)
+        self._stored_ack = max(self._stored_ack, ack)
+        if result.changesets:
+            self._emit(
+                EventKind.DOWNLOAD_INTEGRATED,
+                bytes=result.bytes,
+                changesets=result.changesets,
+                server_version=msg.download_cursor,
+                remaining_bytes=msg.remaining_bytes,
+                objects=result.changed_objects,
+            )
+
+    def _integrated_late(
+        self, work: asyncio.Future[IntegrateResult], msg: Download, ack: int
+    ) -> None:
+        """The worker finished a DOWNLOAD after its connection was cancelled."""
+        if not work.cancelled() and work.exception() is None:
+            self._integrated(work.result(), msg, ack)
 
     def _acknowledged(self, ack: int) -> None:
         """The server acknowledged every changeset up to ``ack``: report, release waits,

@@ -594,6 +594,41 @@ def test_sync_session_is_the_same_object(open_realm: OpenRealm) -> None:
 # -- events ---------------------------------------------------------------------------------------
 
 
+def test_a_download_committed_after_its_connection_went_is_still_reported(
+    server: rs.SyncServer, open_realm: OpenRealm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pausing while the worker integrates a DOWNLOAD cancels the connection, but the
+    worker commits: its DOWNLOAD_INTEGRATED event must still come, or an event log
+    (and anything counting objects from it) misses data that is in the file."""
+    from realmsync_nb.client import session as session_mod
+
+    monkeypatch.setattr(session_mod, "INLINE_INTEGRATE_BYTES", 0)  # every download on the worker
+    a, b = open_realm("A"), open_realm("B")
+    connected(a, b)
+    file = b.sync_session._file
+    integrate = file.integrate
+    started = threading.Event()
+
+    def slow_integrate(*args: object) -> object:
+        started.set()
+        time.sleep(0.3)  # the pause below lands while this runs
+        return integrate(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(file, "integrate", slow_integrate)
+    rec = Recorder(b.sync_session.events)
+    add_task(a, "late", title="x")
+    assert started.wait(T(5))
+    b.sync_session.pause()
+    wait_until(
+        lambda: any(e.kind is rs.EventKind.DOWNLOAD_INTEGRATED for e in rec.items),
+        T(5),
+        "the DOWNLOAD_INTEGRATED event of the integration the pause interrupted",
+    )
+    (down,) = [e for e in rec.items if e.kind is rs.EventKind.DOWNLOAD_INTEGRATED]
+    assert (down.changesets, down.objects) == (1, 1)
+    assert b.find(Task, "late") is not None
+
+
 def test_events(server: rs.SyncServer, open_realm: OpenRealm) -> None:
     a, b = open_realm("A"), open_realm("B")
     connected(a, b)
