@@ -204,6 +204,7 @@ class ClientProcess:
             stderr=self._stderr,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._early_result: str | None = None  # a RESULT seen while waiting for READY
         self._eof = False
         threading.Thread(target=self._read, name="bench-client-stdout", daemon=True).start()
 
@@ -215,6 +216,9 @@ class ClientProcess:
 
     def _line(self, prefix: str, timeout: float) -> dict[str, Any] | None:
         """The next stdout line starting with ``prefix``, parsed; None at EOF or timeout."""
+        if prefix == RESULT_PREFIX and self._early_result is not None:
+            found: dict[str, Any] = json.loads(self._early_result[len(prefix) :])
+            return found
         deadline = time.monotonic() + timeout
         while not self._eof:
             try:
@@ -227,6 +231,9 @@ class ClientProcess:
             if text.startswith(prefix):
                 parsed: dict[str, Any] = json.loads(text[len(prefix) :])
                 return parsed
+            if text.startswith(RESULT_PREFIX):  # it ended (failed) while we waited
+                self._early_result = text  # for result()
+                return None
         return None
 
     def ready(self, timeout: float) -> dict[str, Any] | None:
