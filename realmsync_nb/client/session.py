@@ -420,8 +420,9 @@ class Session:
         except ValueError:
             pass
 
-    async def _in_db(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._db, fn)
+    def _in_db(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``fn`` on this session's database worker; await the future for its result."""
+        return asyncio.get_running_loop().run_in_executor(self._db, fn)
 
     # -- lifecycle (sync thread) ----------------------------------------------------
 
@@ -948,21 +949,20 @@ class Session:
         else:
             ack = max(msg.upload_ack, self._upload_ack)
             try:
-                inline = None
+                done = None
                 if sum(map(len, bodies)) <= INLINE_INTEGRATE_BYTES:
-                    inline = self._file.try_integrate(msg.download_cursor, bodies, ack)
-                if inline is None:
-                    work = asyncio.get_running_loop().run_in_executor(
-                        self._db, lambda: self._file.integrate(msg.download_cursor, bodies, ack)
-                    )
+                    done = self._file.try_integrate(msg.download_cursor, bodies, ack)
+                if done is None:
+                    cursor = msg.download_cursor
+                    work = self._in_db(functools.partial(self._file.integrate, cursor, bodies, ack))
                     try:
-                        inline = await asyncio.shield(work)
+                        done = await asyncio.shield(work)
                     except asyncio.CancelledError:
                         # The connection is going (a pause, a dead link) but the worker
                         # commits anyway: say so once it has, so the events match the file.
                         work.add_done_callback(lambda f: self._integrated_late(f, msg, ack))
                         raise
-                result = inline
+                result = done
             except DecodeError as exc:
                 raise ProtocolError(
                     f"the server sent a bad changeset: {exc}", code=ErrorCode.BAD_CHANGESET
