@@ -995,9 +995,21 @@ class Session:
     def _integrated_late(
         self, work: asyncio.Future[IntegrateResult], msg: Download, ack: int
     ) -> None:
-        """The worker finished a DOWNLOAD after its connection was cancelled."""
-        if not work.cancelled() and work.exception() is None:
-            self._integrated(work.result(), msg, ack)
+        """The worker finished a DOWNLOAD after its connection was cancelled: report it
+        as the live path would, with the bytes counted as downloaded."""
+        if work.cancelled():
+            return
+        error = work.exception()
+        if error is not None:  # nothing was committed; the next connection asks again
+            logger.warning("%s: a download the worker finished late failed: %r", self.name, error)
+            return
+        result = work.result()
+        self._integrated(result, msg, ack)
+        self._acknowledged(msg.upload_ack)
+        if result.bytes:
+            done = self._down.transferred + result.bytes
+            self._down = Counters(done, max(self._down.transferable, done))
+            self._progress_changed(ProgressDirection.DOWNLOAD)
 
     def _acknowledged(self, ack: int) -> None:
         """The server acknowledged every changeset up to ``ack``: report, release waits,

@@ -616,6 +616,13 @@ def test_a_download_committed_after_its_connection_went_is_still_reported(
 
     monkeypatch.setattr(file, "integrate", slow_integrate)
     rec = Recorder(b.sync_session.events)
+
+    def downloaded() -> int:  # the session's count of downloaded bytes, as a stream gives it
+        values = Recorder(b.sync_session.get_progress_stream(DOWN, INDEFINITELY))
+        wait_until(lambda: bool(values.items), T(5), "the progress stream's current value")
+        return values.items[0].transferred_bytes
+
+    before = downloaded()
     add_task(a, "late", title="x")
     assert started.wait(T(5))
     b.sync_session.pause()
@@ -627,6 +634,7 @@ def test_a_download_committed_after_its_connection_went_is_still_reported(
     (down,) = [e for e in rec.items if e.kind is rs.EventKind.DOWNLOAD_INTEGRATED]
     assert (down.changesets, down.objects) == (1, 1)
     assert b.find(Task, "late") is not None
+    assert downloaded() == before + down.bytes  # counted as downloaded, too
 
 
 def test_events(server: rs.SyncServer, open_realm: OpenRealm) -> None:
