@@ -44,11 +44,11 @@ _ROW = "INSERT INTO r VALUES (?, ?, ?, ?, ?, ?)"
 _SCHEMA = "CREATE TABLE r (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c INT, d REAL, e INT)"
 
 
-def _db(path: str, *, threads: bool = False) -> sqlite3.Connection:
+def _db(path: str, *, threads: bool = False, synchronous: str = "NORMAL") -> sqlite3.Connection:
     """A SQLite file as the engines open theirs: WAL, synchronous=NORMAL, autocommit."""
     c = sqlite3.connect(path, isolation_level=None, check_same_thread=not threads)
     c.execute("PRAGMA journal_mode=WAL")
-    c.execute("PRAGMA synchronous=NORMAL")
+    c.execute(f"PRAGMA synchronous={synchronous}")
     c.execute(_SCHEMA)
     c.execute("CREATE TABLE h (v INTEGER PRIMARY KEY, body BLOB)")
     return c
@@ -62,10 +62,11 @@ def _row(i: int) -> tuple[Any, ...]:
 # -- SQLite ----------------------------------------------------------------------------
 
 
-def sqlite_rate(workdir: str, n: int, *, one_txn: bool) -> float:
+def sqlite_rate(workdir: str, n: int, *, one_txn: bool, synchronous: str = "NORMAL") -> float:
     """Rows per second, ~100 bytes each: a commit per row, or all in one transaction
-    (``executemany``)."""
-    c = _db(os.path.join(workdir, f"rate-{one_txn}.db"))
+    (``executemany``). With ``synchronous="FULL"`` every commit waits for an fsync,
+    what a commit needs to survive a power cut (NORMAL survives a killed process)."""
+    c = _db(os.path.join(workdir, f"rate-{one_txn}-{synchronous}.db"), synchronous=synchronous)
     rows = [_row(i) for i in range(n)]
     t0 = time.perf_counter()
     if one_txn:
@@ -338,6 +339,9 @@ def run(n: int, workdir: str) -> dict[str, Any]:
     out: dict[str, Any] = {"converged": True}
     bulk_n = 1_000_000 if n >= 500 else 20_000
     out["sqlite_commits_per_s"] = round(sqlite_rate(workdir, 20 * n, one_txn=False), 1)
+    out["sqlite_full_commits_per_s"] = round(
+        sqlite_rate(workdir, n, one_txn=False, synchronous="FULL"), 1
+    )
     out["sqlite_rows_per_s_one_txn"] = round(sqlite_rate(workdir, bulk_n, one_txn=True), 1)
     out["sqlite_bulk_rows"] = bulk_n
     out["ws_echo_msgs_per_s"] = round(ws_echo(workdir, 100 * n), 1)

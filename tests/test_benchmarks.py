@@ -19,6 +19,7 @@ CLIENT = (sys.executable, "-m", "benchmarks.client")
 LIMIT_KEYS = (
     "ws_echo_msgs_per_s",
     "sqlite_commits_per_s",
+    "sqlite_full_commits_per_s",
     "sqlite_rows_per_s_one_txn",
     "floor_tcp_p50_ms",
     "floor_tcp_p99_ms",
