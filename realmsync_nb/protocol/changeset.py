@@ -29,7 +29,7 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -99,6 +99,10 @@ class NewObjects:
     fields: tuple[str, ...]
     keys: tuple[Value, ...]
     columns: tuple[tuple[Value, ...], ...]
+    # The types found in the keys and in each column, by the decoder, which has also
+    # checked that every int fits in 64 bits: validation need not look at every
+    # value again. None for a group built here (or split from one).
+    kinds: tuple[frozenset[type], ...] | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -514,7 +518,7 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed in a group")
 
 
-def _floats_finite(column: Sequence[Value], kinds: set[type]) -> bool:
+def _floats_finite(column: Sequence[Value], kinds: Set[type]) -> bool:
     """Whether every float in a group's column (``kinds``: the types in it) is
     finite. JSON has no spelling for NaN or ±inf: the encoder refuses them (the
     writer sends such rows as tagged instructions, which keep the bits), and the
@@ -542,8 +546,10 @@ _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x78 for i in range(256))
 _DIGIT_RUN = b"0" * 18
 
 
-def _group_columns(payload: bytes, table: str, width: int, rows: int) -> list[list[Value]]:
-    """A group's columns, parsed and checked.
+def _group_columns(
+    payload: bytes, table: str, width: int, rows: int
+) -> tuple[list[list[Value]], list[frozenset[type]]]:
+    """A group's columns, parsed and checked, and the types found in each.
 
     orjson parses them about twice as fast as ``json`` and is used where it reads
     the same values; ``json`` decides everything else, so values, refusals and
@@ -565,30 +571,32 @@ def _group_columns(payload: bytes, table: str, width: int, rows: int) -> list[li
     if payload.translate(_DIGITS_AS_ZERO).find(_DIGIT_RUN) < 0:
         try:
             cols = orjson.loads(payload)
-            _check_group_columns(cols, table, width, rows)
+            kinds = _check_group_columns(cols, table, width, rows)
         except (orjson.JSONDecodeError, DecodeError):
             pass
         else:
-            return cols  # type: ignore[no-any-return]
+            return cols, kinds
     try:
         cols = json.loads(payload, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nesting
         raise DecodeError(f"malformed group of {table}: {exc}") from None
-    _check_group_columns(cols, table, width, rows)
-    return cols  # type: ignore[no-any-return]
+    return cols, _check_group_columns(cols, table, width, rows)
 
 
-def _check_group_columns(cols: object, table: str, width: int, rows: int) -> None:
+def _check_group_columns(cols: object, table: str, width: int, rows: int) -> list[frozenset[type]]:
     """Refuse a group whose columns are not ``width`` lists of ``rows`` scalars,
-    each in range: an integer in 64 bits, a finite float, a string UTF-8 can hold."""
+    each in range: an integer in 64 bits, a finite float, a string UTF-8 can hold.
+    Returns the types found in each column."""
     if not (
         type(cols) is list
         and len(cols) == width
         and all(type(c) is list and len(c) == rows for c in cols)
     ):
         raise DecodeError(f"group of {table}: not {width} columns of {rows} values")
+    found = []
     for c in cols:
-        kinds = set(map(type, c))
+        kinds = frozenset(map(type, c))
+        found.append(kinds)
         if not kinds <= _JSON_SCALARS:
             raise DecodeError(f"group of {table}: a value is not a number, string or null")
         if int in kinds:
@@ -603,6 +611,7 @@ def _check_group_columns(cols: object, table: str, width: int, rows: int) -> Non
                 "".join(strs).encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise DecodeError(f"invalid UTF-8 string: {exc.reason}") from None
+    return found
 
 
 def _decode_groups(data: bytes, pos: int, names: list[str]) -> tuple[tuple[NewObjects, ...], int]:
@@ -626,9 +635,10 @@ def _decode_groups(data: bytes, pos: int, names: list[str]) -> tuple[tuple[NewOb
         end = pos + length
         if end > size:
             raise DecodeError("truncated group")
-        cols = _group_columns(data[pos:end], table, nf + 1, rows)
+        cols, kinds = _group_columns(data[pos:end], table, nf + 1, rows)
         pos = end
-        groups.append(NewObjects(table, tuple(fields), tuple(cols[0]), tuple(map(tuple, cols[1:]))))
+        keys, columns = tuple(cols[0]), tuple(map(tuple, cols[1:]))
+        groups.append(NewObjects(table, tuple(fields), keys, columns, tuple(kinds)))
     return tuple(groups), pos
 
 
@@ -701,7 +711,8 @@ def _validate_groups(cs: Changeset, schema: Mapping[str, TableSchema]) -> str | 
         pk = table.primary_key
         if pk.type not in BULK_KEY_TYPES:
             return f"{g.table}: objects keyed by {pk.type.name} cannot be sent as a group"
-        problem = _check_column(pk, g.keys, "primary key")
+        kinds = g.kinds or (None,) * (len(g.fields) + 1)
+        problem = _check_column(pk, g.keys, "primary key", kinds[0])
         if problem is not None:
             return f"{g.table}: bad primary key: {problem}"
         keys = keys_by_table.setdefault(g.table, set())
@@ -711,7 +722,7 @@ def _validate_groups(cs: Changeset, schema: Mapping[str, TableSchema]) -> str | 
             return f"{g.table}: an object appears twice in one changeset"
         if len(set(g.fields)) != len(g.fields):
             return f"{g.table}: a field is set twice"
-        for name, column in zip(g.fields, g.columns, strict=True):
+        for name, column, found in zip(g.fields, g.columns, kinds[1:], strict=True):
             f = table.field(name)
             if f is None:
                 return f"{g.table}: unknown field {name!r}"
@@ -719,7 +730,7 @@ def _validate_groups(cs: Changeset, schema: Mapping[str, TableSchema]) -> str | 
                 return f"{g.table}: the primary key {name} cannot be set"
             if f.type not in BULK_TYPES:
                 return f"{g.table}: field {name} of type {f.type.name} cannot be sent as a group"
-            problem = _check_column(f, column, name)
+            problem = _check_column(f, column, name, found)
             if problem is not None:
                 return f"{g.table}: {problem}"
     for ins in cs.instructions:
@@ -728,18 +739,25 @@ def _validate_groups(cs: Changeset, schema: Mapping[str, TableSchema]) -> str | 
     return None
 
 
-def _check_column(f: FieldSchema, column: tuple[Value, ...], what: str) -> str | None:
-    """Why a group's column of values cannot be stored in ``f``, or None (C-speed checks)."""
+def _check_column(
+    f: FieldSchema, column: tuple[Value, ...], what: str, kinds: frozenset[type] | None
+) -> str | None:
+    """Why a group's column of values cannot be stored in ``f``, or None (C-speed checks).
+
+    ``kinds``: the types in the column, as the decoder found them (every int then
+    known to fit in 64 bits), or None to look at the values."""
     allowed: set[type] = {PYTHON_TYPES[f.type]}
     if f.type is ValueType.FLOAT:
         allowed.add(int)
     if f.optional:
         allowed.add(type(None))
-    kinds = set(map(type, column))
+    ranged = kinds is not None
+    if kinds is None:
+        kinds = frozenset(map(type, column))
     if not kinds <= allowed:
         bad = next(v for v in column if type(v) not in allowed)
         return check_value(f, bad) or f"{what}: {type(bad).__name__} is not allowed"
-    if int in kinds and f.type is ValueType.INT:
+    if int in kinds and f.type is ValueType.INT and not ranged:
         ints = [v for v in column if v is not None] if f.optional else column
         if min(ints) < -(1 << 63) or max(ints) >= 1 << 63:  # type: ignore[type-var,operator]
             return f"{what}: a value does not fit in 64 bits"
