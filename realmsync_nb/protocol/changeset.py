@@ -101,7 +101,9 @@ class NewObjects:
     columns: tuple[tuple[Value, ...], ...]
     # The types found in the keys and in each column, by the decoder, which has also
     # checked that every int fits in 64 bits: validation need not look at every
-    # value again. None for a group built here (or split from one).
+    # value again. None for a group built here (or split from one). A group made from
+    # this one with other keys or columns must not carry them: dataclasses.replace
+    # would, and validation would then trust types these values do not have.
     kinds: tuple[frozenset[type], ...] | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:

@@ -300,14 +300,16 @@ def test_invalid_groups(cs: Changeset, expected: str) -> None:
     assert expected in problem
 
 
-@pytest.mark.parametrize("cs", [_cs(GOOD), *(cs for cs, _ in INVALID)])
+@pytest.mark.parametrize(
+    "cs", [_cs(GOOD), _cs(NewObjects("Tag", (), ("a", "b"), ())), *(cs for cs, _ in INVALID)]
+)
 def test_a_decoded_group_validates_as_the_group_it_was(cs: Changeset) -> None:
     """Validation reuses the types the decoder found in each column; the verdict
     must be the one the values themselves give."""
     try:
         decoded = decode_changeset(encode_changeset(cs))
     except (ValueError, TypeError):  # JSON cannot carry it, or the decoder refuses it
-        return
+        pytest.skip("this group does not survive encoding and decoding")
     assert all(g.kinds is not None for g in decoded.groups)
     assert validate_changeset(decoded, SCHEMA) == validate_changeset(cs, SCHEMA)
 
