@@ -13,6 +13,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .harness import MACHINE, OURS, PEERS
@@ -364,22 +365,46 @@ def _memory_tables(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class _Observing:
+    """Scenario 6 at one N: both ways of comparing throughput, and the direct count."""
+
+    none: Runs
+    seen: Runs
+    by_medians: float | None  # throughput lost, median against median
+    pairs: list[float]  # throughput lost in each repeat (see _paired_costs)
+    direct: float | None  # share of a run in the observers' own code (_direct_cost)
+
+    @property
+    def by_pairs(self) -> float | None:
+        return statistics.median(self.pairs) if self.pairs else None
+
+    @property
+    def converged(self) -> bool:
+        return all(r.get("converged") for r in (*self.none, *self.seen))
+
+
+def _observing(g: dict[tuple[int, str, int, str], Runs], n: int) -> _Observing:
+    none = g.get((6, "none", n, OURS), [])
+    seen = g.get((6, "observed", n, OURS), [])
+    a, b = _median(none, _rate), _median(seen, _rate)
+    lost = 1 - b / a if a and b else None
+    return _Observing(none, seen, lost, _paired_costs(g, n), _direct_cost(seen))
+
+
 def _observe_table(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
     sizes = sorted(set(_sizes(g, 6, "none")) & set(_sizes(g, 6, "observed")))
     out: list[str] = []
     for n in sizes:
-        none = g.get((6, "none", n, OURS), [])
-        seen = g.get((6, "observed", n, OURS), [])
-        a, b = _median(none, _rate), _median(seen, _rate)
-        cost = f"{100 * (1 - b / a):.1f}%" if a and b else "n/a"
-        pairs = _paired_costs(g, n)
+        o = _observing(g, n)
+        none, seen, pairs, direct = o.none, o.seen, o.pairs, o.direct
+        cost = "n/a" if o.by_medians is None else f"{100 * o.by_medians:.1f}%"
         paired = (
             f"{100 * statistics.median(pairs):.1f}% "
             f"(slower in {sum(c > 0 for c in pairs)} of {len(pairs)} pairs)"
             if pairs
             else "n/a"
         )
-        direct = _direct_cost(seen)
         out += [
             f"## 6. The cost of observing: scenario 1 at {n:,}, ours (records/s)",
             "",
@@ -549,14 +574,9 @@ def _targets(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
             + f" | {status(ok)} |"
         )
     for n in sorted(set(_sizes(g, 6, "none")) & set(_sizes(g, 6, "observed"))):
-        pairs = _paired_costs(g, n)
-        runs6 = [*g.get((6, "none", n, OURS), []), *g.get((6, "observed", n, OURS), [])]
-        all_conv = all(r.get("converged") for r in runs6)
-        cost = statistics.median(pairs) if pairs else None
-        a = _median(g.get((6, "none", n, OURS), []), _rate)
-        b = _median(g.get((6, "observed", n, OURS), []), _rate)
-        medians = "" if not a or not b else f"; {100 * (1 - b / a):.1f}% by the medians"
-        direct = _direct_cost(g.get((6, "observed", n, OURS), []))
+        o = _observing(g, n)
+        pairs, cost, all_conv, direct = o.pairs, o.by_pairs, o.converged, o.direct
+        medians = "" if o.by_medians is None else f"; {100 * o.by_medians:.1f}% by the medians"
         counted = (
             "" if direct is None else f"; the observers' own code {100 * direct:.1f}% of a run"
         )
