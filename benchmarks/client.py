@@ -18,7 +18,7 @@ from typing import Any
 from .workload import RESULT_PREFIX, emit, peak_rss_mib
 
 ENGINES = ("ours", "peer-hypercorn", "peer-websockets", "machine")
-SCENARIOS = ("each", "one_txn", "latency", "catch_up", "idle", "observed", "limits")
+SCENARIOS = ("each", "one_txn", "latency", "catch_up", "idle", "observing", "limits")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--timeout", type=float, default=120.0, help="give up on convergence after")
     p.add_argument("--stall", type=float, default=10.0, help="non-converged after this long idle")
+    p.add_argument("--rounds", type=int, default=1, help="observing: rounds of four runs")
     p.add_argument("--workdir", default=None, help="where realm files go (default: a temp dir)")
     args = p.parse_args(argv)
     # The harness stops a stuck client with SIGTERM: unwind, so its own children
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 from . import ours
 
                 result = ours.run(
-                    args.scenario, args.url, workdir, args.n, args.timeout, args.stall
+                    args.scenario, args.url, workdir, args.n, args.timeout, args.stall, args.rounds
                 )
             else:
                 from . import peer

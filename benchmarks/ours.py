@@ -77,9 +77,10 @@ class Arrivals:
         return len(self.stamps)
 
     def wait_rows(
-        self, realm: rs.Realm, n: int, timeout: float, stall: float
+        self, realm: rs.Realm, n: int, timeout: float, stall: float, held: int | None = None
     ) -> tuple[bool, float]:
-        """Until B's downloads have changed ``n`` objects, then check B holds ``n``.
+        """Until B's downloads have changed ``n`` objects, then check B holds ``held``
+        (default ``n``: B's file held none before).
 
         Returns (arrived, time of the event that brought the sum to ``n``). Waits on
         the events alone, so nothing reads B's file while the data is on its way.
@@ -89,6 +90,7 @@ class Arrivals:
         event lost), the run counts as arrived at that moment, which overstates its
         time, and :attr:`missed` says so.
         """
+        held = n if held is None else held
         deadline = time.perf_counter() + timeout
         last_change = time.perf_counter()
         with self._cond:
@@ -97,7 +99,7 @@ class Arrivals:
                 now = time.perf_counter()
                 wait = min(deadline - now, stall - (now - last_change), 1.0)
                 if wait <= 0:
-                    if len(realm.all(Rec)) >= n:
+                    if len(realm.all(Rec)) >= held:
                         self.missed = True
                         return True, now
                     return False, now
@@ -105,7 +107,7 @@ class Arrivals:
                 if len(self.stamps) != seen:
                     seen, last_change = len(self.stamps), time.perf_counter()
             end = self.stamps[bisect.bisect_left(self.totals, n)]  # the totals only rise
-        return len(realm.all(Rec)) >= n, end
+        return len(realm.all(Rec)) >= held, end
 
     def close(self) -> None:
         self._sub.cancel()
@@ -265,9 +267,20 @@ def _write_batches(realm: rs.Realm, n: int, batch: int) -> None:
 
 
 def throughput(
-    pair: Pair, n: int, *, one_txn: bool, timeout: float, stall: float, observe: bool = False
+    pair: Pair,
+    n: int,
+    *,
+    one_txn: bool,
+    timeout: float,
+    stall: float,
+    observe: bool = False,
+    start: int = 0,
 ) -> dict[str, Any]:
-    """Scenarios 1, 2 and 6: A writes n records; time until B's events report them all."""
+    """Scenarios 1, 2 and 6: A writes n records; time until B's events report them all.
+
+    ``start`` is the first record's id: B's file already holds the ``start``
+    records of earlier runs of this pair (scenario 6).
+    """
     clock = None
     if observe:
         from realmsync_nb.notebook import EventLog, SessionWidget
@@ -278,10 +291,10 @@ def throughput(
         arrivals = Arrivals(pair.b.sync_session)
         errors = _ErrorLog(pair)
         t0 = time.perf_counter()
-        (_write_one_txn if one_txn else _write_each)(pair.a, 0, n)
+        (_write_one_txn if one_txn else _write_each)(pair.a, start, n)
         written = time.perf_counter() - t0
-        arrived, end = arrivals.wait_rows(pair.b, n, timeout, stall)
-        received = len(pair.b.all(Rec))
+        arrived, end = arrivals.wait_rows(pair.b, n, timeout, stall, held=start + n)
+        received = len(pair.b.all(Rec)) - start
         arrivals.close()
         result: dict[str, Any] = {
             "converged": arrived and received == n,
@@ -304,6 +317,51 @@ def throughput(
             clock.close()
             for o in clock.observers:
                 o.close()
+
+
+def observing(pair: Pair, n: int, rounds: int, *, timeout: float, stall: float) -> dict[str, Any]:
+    """Scenario 6: scenario 1 at ``n``, with the observers attached and without,
+    alternating on one pair of sessions, in rounds of four runs.
+
+    A round runs plain, observed, observed, plain (the next one the other way
+    round), so a drift of the machine's speed within a round weighs on both sides
+    alike. Each run writes new records (ids after the last run's), on the same
+    realms and connections, as a notebook user attaches a widget to a live session.
+    One plain and one observed run first, not counted, pay what happens once
+    (the notebook libraries' first use, SQLite's caches). Stops at the first run
+    that does not converge.
+
+    Returns ``runs``: one result per counted run, with its ``variant`` ("none" or
+    "observed") and ``round``.
+    """
+    start = 0
+    runs: list[dict[str, Any]] = []
+
+    def one(observed: bool) -> dict[str, Any]:
+        nonlocal start
+        result = throughput(
+            pair, n, one_txn=False, timeout=timeout, stall=stall, observe=observed, start=start
+        )
+        start += n
+        result["variant"] = "observed" if observed else "none"
+        return result
+
+    for warm in (False, True):
+        result = one(warm)
+        if not result["converged"]:
+            what = "observed" if warm else "plain"
+            return {
+                "converged": False,
+                "error": f"the {what} warm-up run received {result['received']:,} of {n:,}",
+            }
+    for r in range(rounds):
+        for observed in (False, True, True, False) if r % 2 == 0 else (True, False, False, True):
+            result = one(observed)
+            result["round"] = r
+            runs.append(result)
+            if not result["converged"]:
+                return {"converged": False, "runs": runs}
+    return {"converged": True, "runs": runs}
 
 
 def latency(pair: Pair, n: int, *, timeout: float, stall: float) -> dict[str, Any]:
@@ -431,7 +489,7 @@ def idle_sessions(url: str, workdir: str, n: int, *, timeout: float) -> dict[str
 
 
 def run(
-    scenario: str, url: str, workdir: str, n: int, timeout: float, stall: float
+    scenario: str, url: str, workdir: str, n: int, timeout: float, stall: float, rounds: int = 1
 ) -> dict[str, Any]:
     """Run one scenario of ours; returns its result fields."""
     if scenario == "idle":
@@ -442,8 +500,8 @@ def run(
             return throughput(pair, n, one_txn=False, timeout=timeout, stall=stall)
         if scenario == "one_txn":
             return throughput(pair, n, one_txn=True, timeout=timeout, stall=stall)
-        if scenario == "observed":
-            return throughput(pair, n, one_txn=False, timeout=timeout, stall=stall, observe=True)
+        if scenario == "observing":
+            return observing(pair, n, rounds, timeout=timeout, stall=stall)
         if scenario == "latency":
             return latency(pair, n, timeout=timeout, stall=stall)
         if scenario == "catch_up":

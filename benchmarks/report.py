@@ -372,12 +372,31 @@ class _Observing:
     none: Runs
     seen: Runs
     by_medians: float | None  # throughput lost, median against median
-    pairs: list[float]  # throughput lost in each repeat (see _paired_costs)
+    pairs: list[float]  # throughput lost in each round or pair (see _paired_costs)
     direct: float | None  # share of a run in the observers' own code (_direct_cost)
 
     @property
     def by_pairs(self) -> float | None:
         return statistics.median(self.pairs) if self.pairs else None
+
+    @property
+    def unit(self) -> str:
+        """What one comparison is: a round of four runs (since they were run in
+        rounds), or a pair of runs in fresh processes (records from before)."""
+        return "round" if any("round" in r for r in self.seen) else "pair"
+
+    @property
+    def counted(self) -> str:
+        """How many comparisons, in words: "3 rounds"."""
+        k = len(self.pairs)
+        return f"{k} {self.unit}{'' if k == 1 else 's'}"
+
+    def spread(self) -> str:
+        """The middle half of the comparisons, as text ("" with fewer than 4)."""
+        if len(self.pairs) < 4:
+            return ""
+        lo, _, hi = statistics.quantiles(self.pairs, n=4)
+        return f"; middle half {100 * lo:.1f}% to {100 * hi:.1f}%"
 
     @property
     def converged(self) -> bool:
@@ -401,7 +420,7 @@ def _observe_table(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
         cost = "n/a" if o.by_medians is None else f"{100 * o.by_medians:.1f}%"
         paired = (
             f"{100 * statistics.median(pairs):.1f}% "
-            f"(slower in {sum(c > 0 for c in pairs)} of {len(pairs)} pairs)"
+            f"(slower in {sum(c > 0 for c in pairs)} of {o.counted}{o.spread()})"
             if pairs
             else "n/a"
         )
@@ -409,15 +428,26 @@ def _observe_table(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
             f"## 6. The cost of observing: scenario 1 at {n:,}, ours (records/s)",
             "",
             "| nothing attached | SessionWidget ×2 + EventLog | throughput lost, medians "
-            "| throughput lost, pair by pair | time in the observers' own code |",
+            f"| throughput lost, {o.unit} by {o.unit} | time in the observers' own code |",
             "|---:|---:|---:|---:|---:|",
             f"| {_cell(none, _rate)} | {_cell(seen, _rate)} | {cost} | {paired} "
             f"| {'n/a' if direct is None else f'{100 * direct:.1f}% of the run'} |",
             "",
             "Runs vary by about ±15 % from one to the next, so either comparison of",
-            "throughput is uncertain by several percent. Pair by pair compares each",
-            "observed run with the plain run beside it (median of the pairs); the",
-            "verdict uses it. The observers' own code is the time their stream",
+            *(
+                [
+                    "throughput is uncertain by several percent. Round by round compares",
+                    "the observed runs of each round of four (plain, observed, observed,",
+                    "plain, or the other way round, on one pair of sessions) with its",
+                    "plain ones, mean against mean, and takes the median over the rounds;",
+                ]
+                if o.unit == "round"
+                else [
+                    "throughput is uncertain by several percent. Pair by pair compares each",
+                    "observed run with the plain run beside it (median of the pairs);",
+                ]
+            ),
+            "the verdict uses it. The observers' own code is the time their stream",
             "callbacks, their throttled renders, and the events and progress values",
             "built only for them took, as a share of each observed run (median):",
             "wall time on the thread running each, so it holds that thread's waits",
@@ -456,21 +486,24 @@ def _lost_updates(g: dict[tuple[int, str, int, str], Runs], scenario: int, n: in
 
 
 def _paired_costs(g: dict[tuple[int, str, int, str], Runs], n: int) -> list[float]:
-    """Scenario 6: the throughput lost in each repeat, observed against the plain
-    run of the same repeat (the two alternate, so a pair shares the machine's
-    state of the moment)."""
-    plain = {
-        r["repeat"]: r
-        for r in g.get((6, "none", n, OURS), [])
-        if r.get("converged") and r.get("repeat") is not None
-    }
-    costs = []
-    for r in g.get((6, "observed", n, OURS), []):
-        p = plain.get(r.get("repeat")) if r.get("repeat") is not None else None
-        a, b = (_rate(p) if p else None), (_rate(r) if r.get("converged") else None)
-        if a and b:
-            costs.append(1 - b / a)
-    return costs
+    """Scenario 6: the throughput lost in each round, the mean rate of its observed
+    runs against the mean of its plain ones (a round's runs follow each other on
+    one pair of sessions, so they share the machine's state of the moment).
+
+    A round is a repeat and a ``round`` number; records from before the rounds
+    have no ``round``, and a repeat holds one plain and one observed run.
+    """
+    rates: dict[tuple[Any, Any], tuple[list[float], list[float]]] = {}
+    for variant, side in (("none", 0), ("observed", 1)):
+        for r in g.get((6, variant, n, OURS), []):
+            rate = _rate(r) if r.get("converged") and r.get("repeat") is not None else None
+            if rate:
+                rates.setdefault((r["repeat"], r.get("round")), ([], []))[side].append(rate)
+    return [
+        1 - statistics.fmean(seen) / statistics.fmean(plain)
+        for _, (plain, seen) in sorted(rates.items(), key=lambda kv: str(kv[0]))
+        if plain and seen
+    ]
 
 
 def _direct_cost(runs: Runs) -> float | None:
@@ -575,15 +608,18 @@ def _targets(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
         )
     for n in sorted(set(_sizes(g, 6, "none")) & set(_sizes(g, 6, "observed"))):
         o = _observing(g, n)
-        pairs, cost, all_conv, direct = o.pairs, o.by_pairs, o.converged, o.direct
+        cost, all_conv, direct = o.by_pairs, o.converged, o.direct
         medians = "" if o.by_medians is None else f"; {100 * o.by_medians:.1f}% by the medians"
         counted = (
             "" if direct is None else f"; the observers' own code {100 * direct:.1f}% of a run"
         )
+        lost = (
+            "n/a"
+            if cost is None
+            else f"{100 * cost:.1f}% {o.unit} by {o.unit} ({o.counted}{o.spread()})"
+        )
         lines.append(
-            f"| S6 observing costs < 5% of throughput | "
-            f"{'n/a' if cost is None else f'{100 * cost:.1f}% pair by pair ({len(pairs)} pairs)'}"
-            f"{medians}{counted}"
+            f"| S6 observing costs < 5% of throughput | {lost}{medians}{counted}"
             f"{'' if all_conv else '; some runs did not converge'} | "
             f"{status(None if cost is None else cost < 0.05 and all_conv)} |"
         )
