@@ -51,7 +51,9 @@ class Case:
     @property
     def result_wait(self) -> float:
         """How long the harness waits for the client's result."""
-        return self.timeout + 120 + (10 * (4 * self.rounds + 2) if self.kind == "observing" else 0)
+        # Scenario 6: a run takes about 1.5 s, but one may stall until its limit.
+        extra = (4 * self.rounds + 2) * 10 + self.stall if self.kind == "observing" else 0
+        return self.timeout + 120 + extra
 
 
 def plan(quick: bool, repeats: int | None = None) -> list[Case]:
@@ -89,7 +91,8 @@ def plan(quick: bool, repeats: int | None = None) -> list[Case]:
         # the 5 % being measured. 15 pairs of fresh processes left the verdict within
         # that noise (3.8 %, 6.4 %, -2.2 % in three runs); rounds of four runs on one
         # pair of sessions, 24 of them in 4 client processes, cost about as long
-        # (2.5 min) and spread less (6-10 % a round, in trials).
+        # (2.5 min) and spread less (a round's loss: standard deviation 6-10 % in
+        # trials, against 10-19 % for a pair of fresh processes).
         Case(6, "observing", 10_000, (OURS,), repeats=max(r, 4), rounds=6),
         # About 6 s each: SQLite commits and bulk rows, a websockets echo, and the
         # latency floor over TCP and over websockets (500 writes each).
@@ -261,7 +264,13 @@ def run_plan(
 
 def _records(case: Case, repeat: int, engine: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     """The JSON records of one client's result: one, or for scenario 6 one per run
-    of its rounds (each with the client's own fields: memory, load, wall time)."""
+    of its rounds.
+
+    The client's own fields (memory, load, wall time) go on the first record of
+    its runs only, as they describe the client, not a run. A scenario 6 client
+    whose rounds stopped early, or that failed before any, adds a record of
+    variant ``failed`` that carries its error, so the report shows it.
+    """
     base = {
         "type": "run",
         "scenario": case.scenario,
@@ -271,11 +280,16 @@ def _records(case: Case, repeat: int, engine: str, result: dict[str, Any]) -> li
         "engine": engine,
         "repeat": repeat,
     }
-    subs = result.pop("runs", None)
-    if subs:
-        recs = [{**base, **result, **sub} for sub in subs]
-    else:  # a scenario 6 client that failed before its first counted run: a failed plain run
-        recs = [{**base, "variant": "none" if case.kind == "observing" else "", **result}]
+    if case.kind != "observing":
+        recs = [{**base, **result}]
+    else:
+        subs = result.pop("runs", None) or []
+        own = {k: v for k, v in result.items() if k not in ("converged", "error")}
+        recs = [{**base, **sub} for sub in subs]
+        if not result.get("converged"):
+            error = result.get("error", "the client reported no result")
+            recs.append({**base, "variant": "failed", "converged": False, "error": error})
+        recs[0] = {**own, **recs[0]}
     for rec in recs:
         if rec.get("seconds") and case.kind in ("each", "one_txn", "observing"):
             rec["records_per_s"] = round(case.n / rec["seconds"], 1)

@@ -19,6 +19,7 @@ transactions into changesets.
 from __future__ import annotations
 
 import bisect
+import gc
 import os
 import sys
 import threading
@@ -328,11 +329,16 @@ def observing(pair: Pair, n: int, rounds: int, *, timeout: float, stall: float) 
     alike. Each run writes new records (ids after the last run's), on the same
     realms and connections, as a notebook user attaches a widget to a live session.
     One plain and one observed run first, not counted, pay what happens once
-    (the notebook libraries' first use, SQLite's caches). Stops at the first run
-    that does not converge.
+    (the notebook libraries' first use, SQLite's caches). After each run, untimed,
+    a full garbage collection clears what the run left (an observed run's closed
+    widgets are reference cycles), so no run pays for the one before it.
+
+    Stops at the first run that does not converge, or whose events never added
+    up to ``n`` (B held the records anyway): its last event may still come, and
+    the next run would count it.
 
     Returns ``runs``: one result per counted run, with its ``variant`` ("none" or
-    "observed") and ``round``.
+    "observed") and ``round``; and ``error`` when the rounds stopped early.
     """
     start = 0
     runs: list[dict[str, Any]] = []
@@ -342,25 +348,30 @@ def observing(pair: Pair, n: int, rounds: int, *, timeout: float, stall: float) 
         result = throughput(
             pair, n, one_txn=False, timeout=timeout, stall=stall, observe=observed, start=start
         )
+        gc.collect()
         start += n
         result["variant"] = "observed" if observed else "none"
         return result
 
-    for warm in (False, True):
-        result = one(warm)
+    def stopped(what: str, result: dict[str, Any]) -> str | None:
         if not result["converged"]:
-            what = "observed" if warm else "plain"
-            return {
-                "converged": False,
-                "error": f"the {what} warm-up run received {result['received']:,} of {n:,}",
-            }
+            return f"the {what} received {result['received']:,} of {n:,}"
+        if "note" in result:
+            return f"the {what}: {result['note']}"
+        return None
+
+    for warm in (False, True):
+        error = stopped(f"{'observed' if warm else 'plain'} warm-up run", one(warm))
+        if error:
+            return {"converged": False, "error": error, "runs": []}
     for r in range(rounds):
         for observed in (False, True, True, False) if r % 2 == 0 else (True, False, False, True):
             result = one(observed)
             result["round"] = r
             runs.append(result)
-            if not result["converged"]:
-                return {"converged": False, "runs": runs}
+            error = stopped(f"run {len(runs)} (round {r})", result)
+            if error:
+                return {"converged": False, "error": f"{error}; the rounds stop", "runs": runs}
     return {"converged": True, "runs": runs}
 
 

@@ -371,6 +371,7 @@ class _Observing:
 
     none: Runs
     seen: Runs
+    failed: Runs  # one per client whose rounds stopped early (benchmarks/harness.py)
     by_medians: float | None  # throughput lost, median against median
     pairs: list[float]  # throughput lost in each round or pair (see _paired_costs)
     direct: float | None  # share of a run in the observers' own code (_direct_cost)
@@ -400,21 +401,34 @@ class _Observing:
 
     @property
     def converged(self) -> bool:
-        return all(r.get("converged") for r in (*self.none, *self.seen))
+        return not self.failed and all(r.get("converged") for r in (*self.none, *self.seen))
+
+    @property
+    def failures(self) -> str:
+        """The clients that stopped early, with the first one's error ("" if none)."""
+        if not self.failed:
+            return ""
+        k = len(self.failed)
+        return f"{k} client{'' if k == 1 else 's'} stopped early ({self.failed[0].get('error')})"
 
 
 def _observing(g: dict[tuple[int, str, int, str], Runs], n: int) -> _Observing:
     none = g.get((6, "none", n, OURS), [])
     seen = g.get((6, "observed", n, OURS), [])
+    failed = g.get((6, "failed", n, OURS), [])
     a, b = _median(none, _rate), _median(seen, _rate)
     lost = 1 - b / a if a and b else None
-    return _Observing(none, seen, lost, _paired_costs(g, n), _direct_cost(seen))
+    return _Observing(none, seen, failed, lost, _paired_costs(g, n), _direct_cost(seen))
+
+
+def _observe_sizes(g: dict[tuple[int, str, int, str], Runs]) -> list[int]:
+    """Scenario 6's sizes: any with a run, or a client that stopped early."""
+    return sorted({n for v in ("none", "observed", "failed") for n in _sizes(g, 6, v)})
 
 
 def _observe_table(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
-    sizes = sorted(set(_sizes(g, 6, "none")) & set(_sizes(g, 6, "observed")))
     out: list[str] = []
-    for n in sizes:
+    for n in _observe_sizes(g):
         o = _observing(g, n)
         none, seen, pairs, direct = o.none, o.seen, o.pairs, o.direct
         cost = "n/a" if o.by_medians is None else f"{100 * o.by_medians:.1f}%"
@@ -432,6 +446,7 @@ def _observe_table(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
             "|---:|---:|---:|---:|---:|",
             f"| {_cell(none, _rate)} | {_cell(seen, _rate)} | {cost} | {paired} "
             f"| {'n/a' if direct is None else f'{100 * direct:.1f}% of the run'} |",
+            *(["", f"Not counted: {o.failures}."] if o.failed else []),
             "",
             "Runs vary by about ±15 % from one to the next, so either comparison of",
             *(
@@ -606,7 +621,7 @@ def _targets(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
             )
             + f" | {status(ok)} |"
         )
-    for n in sorted(set(_sizes(g, 6, "none")) & set(_sizes(g, 6, "observed"))):
+    for n in _observe_sizes(g):
         o = _observing(g, n)
         cost, all_conv, direct = o.by_pairs, o.converged, o.direct
         medians = "" if o.by_medians is None else f"; {100 * o.by_medians:.1f}% by the medians"
@@ -618,9 +633,12 @@ def _targets(g: dict[tuple[int, str, int, str], Runs]) -> list[str]:
             if cost is None
             else f"{100 * cost:.1f}% {o.unit} by {o.unit} ({o.counted}{o.spread()})"
         )
+        ok = (
+            None if cost is None and not o.failed else cost is not None and cost < 0.05 and all_conv
+        )
         lines.append(
             f"| S6 observing costs < 5% of throughput | {lost}{medians}{counted}"
-            f"{'' if all_conv else '; some runs did not converge'} | "
-            f"{status(None if cost is None else cost < 0.05 and all_conv)} |"
+            f"{'' if all_conv else '; some runs did not converge'}"
+            f"{'; ' + o.failures if o.failed else ''} | {status(ok)} |"
         )
     return [*lines, ""]
