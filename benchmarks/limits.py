@@ -14,6 +14,12 @@ two floors no engine with our guarantees can go below on this machine:
   which both engines use.
 - **the local bulk floor** of scenario 2: one transaction of N ~100-byte rows
   inserted with ``executemany``, the least a durable replica does to hold them.
+- **scenario 2's floor**: what A and B must do with N records at the least, one
+  after the other (B cannot start before A commits), in one process with no
+  server and no network. A builds each record (the workload's ``record``), inserts
+  them in parts of :data:`BULK_PART` rows and stores each part as one JSON changeset,
+  all in one transaction; B decodes the changesets and inserts their rows in one
+  transaction of its own. No objects, no validation, no protocol.
 
 ``python -m benchmarks.limits relay {tcp,ws} DIR`` runs a relay (it prints its port);
 :func:`run` measures everything and returns one flat dict of numbers.
@@ -36,7 +42,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .workload import percentile, record
+import orjson
+
+from .workload import BULK_PART, percentile, record
 
 __all__ = ["run"]
 
@@ -81,6 +89,38 @@ def sqlite_rate(workdir: str, n: int, *, one_txn: bool, synchronous: str = "NORM
     elapsed = time.perf_counter() - t0
     c.close()
     return n / elapsed
+
+
+def bulk_floor(workdir: str, n: int) -> dict[str, float]:
+    """Scenario 2's floor at ``n`` records: A's work, then B's (see the module doc).
+
+    Raises RuntimeError unless B's file ends up holding exactly A's rows.
+    """
+    a = _db(os.path.join(workdir, f"bulk-a-{n}.db"))
+    b = _db(os.path.join(workdir, f"bulk-b-{n}.db"))
+    try:
+        t0 = time.perf_counter()
+        a.execute("BEGIN")
+        for start in range(0, n, BULK_PART):
+            rows = [_row(i) for i in range(start, min(n, start + BULK_PART))]
+            a.executemany(_ROW, rows)
+            a.execute(
+                "INSERT INTO h VALUES (?, ?)", (start, orjson.dumps(list(zip(*rows, strict=True))))
+            )
+        a.execute("COMMIT")
+        t1 = time.perf_counter()
+        b.execute("BEGIN")
+        for (body,) in a.execute("SELECT body FROM h ORDER BY v"):
+            b.executemany(_ROW, zip(*orjson.loads(body), strict=True))
+        b.execute("COMMIT")
+        t2 = time.perf_counter()
+        held = "SELECT * FROM r ORDER BY id"
+        if b.execute(held).fetchall() != a.execute(held).fetchall():
+            raise RuntimeError("the bulk floor's B does not hold what A wrote")
+    finally:
+        a.close()
+        b.close()
+    return {"a_seconds": t1 - t0, "b_seconds": t2 - t1, "seconds": t2 - t0}
 
 
 # -- the relay process -------------------------------------------------------------------
@@ -344,6 +384,12 @@ def run(n: int, workdir: str) -> dict[str, Any]:
     )
     out["sqlite_rows_per_s_one_txn"] = round(sqlite_rate(workdir, bulk_n, one_txn=True), 1)
     out["sqlite_bulk_rows"] = bulk_n
+    floor_n = 100_000 if n >= 500 else 20_000
+    bulk = bulk_floor(workdir, floor_n)
+    out["bulk_floor_n"] = floor_n
+    out["bulk_floor_a_s"] = round(bulk["a_seconds"], 4)
+    out["bulk_floor_b_s"] = round(bulk["b_seconds"], 4)
+    out["bulk_floor_s"] = round(bulk["seconds"], 4)
     out["ws_echo_msgs_per_s"] = round(ws_echo(workdir, 100 * n), 1)
     for transport in ("tcp", "ws"):
         floor = latency_floor(workdir, transport, n)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "BULK_PART",
     "CATCH_UP_BATCH",
     "IDLE_WARM",
     "READY_PREFIX",
@@ -38,6 +39,10 @@ READY_PREFIX = "READY "
 # 100k records are 1,000 changesets (one per record would make the writer phase,
 # which is not measured, most of the run).
 CATCH_UP_BATCH = 100
+
+# Scenario 2's floor (limits.bulk_floor) stores A's records as one changeset per
+# this many, as our engine splits a large transaction (FLUSH_OBJECTS).
+BULK_PART = 20_000
 
 # Scenario 5a: the server's baseline is taken with this many sessions already
 # connected, so what the first connection costs once (code paths, buffers, caches)

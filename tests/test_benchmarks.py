@@ -26,6 +26,9 @@ LIMIT_KEYS = (
     "floor_tcp_p99_ms",
     "floor_ws_p50_ms",
     "floor_ws_p99_ms",
+    "bulk_floor_s",
+    "bulk_floor_a_s",
+    "bulk_floor_b_s",
 )
 
 
@@ -140,6 +143,26 @@ def test_the_latency_floor_commits_every_write_at_both_ends(tmp_path: Path, tran
         assert rows == [(i, record(i)["a"]) for i in range(25)], end
 
 
+def test_scenario_2s_floor_leaves_b_holding_every_row_a_wrote(tmp_path: Path) -> None:
+    # The floor claims the least work that moves N records from A to B: both files
+    # end with all of them, in full, and A's history holds them as changesets.
+    import sqlite3
+
+    from benchmarks import limits
+
+    n = 2 * limits.BULK_PART + 7  # three parts, the last a short one
+    floor = limits.bulk_floor(str(tmp_path), n)
+    assert 0 < floor["a_seconds"] < floor["seconds"]
+    assert 0 < floor["b_seconds"] < floor["seconds"]
+    for end in ("a", "b"):
+        c = sqlite3.connect(tmp_path / f"bulk-{end}-{n}.db")
+        rows = c.execute("SELECT * FROM r ORDER BY id").fetchall()
+        parts = c.execute("SELECT count(*) FROM h").fetchone()[0]
+        c.close()
+        assert rows == [limits._row(i) for i in range(n)], end
+        assert parts == (3 if end == "a" else 0), end
+
+
 def _s2_s3_records() -> list[dict[str, object]]:
     s2 = [
         {**_run(engine, seconds), "scenario": 2, "kind": "one_txn", "write_seconds": write}
@@ -156,6 +179,10 @@ def _s2_s3_records() -> list[dict[str, object]]:
         "n": 500,
         "floor_tcp_p50_ms": 0.33,
         "floor_ws_p50_ms": 0.41,
+        "bulk_floor_n": 100_000,
+        "bulk_floor_s": 0.6,
+        "bulk_floor_a_s": 0.4,
+        "bulk_floor_b_s": 0.2,
     }
     return [*s2, *s3, machine]
 
@@ -167,7 +194,11 @@ def test_the_s2_and_s3_targets_show_what_the_machine_leaves_for_them() -> None:
     s2 = next(x for x in lines if x.startswith("| S2 at 100k"))
     # The peer at 50,000/s: 2x means 100k in 1.00 s, less than ours spent writing locally.
     assert "1.00× (vs peer/ws); 2× needs the whole run within 1.00 s, and A's " in s2
-    assert "transaction alone took 1.20 s" in s2
+    assert "transaction alone took 1.20 s; scenario 2's floor took 0.60 s" in s2
+    assert (
+        "| scenario 2's floor at 100,000 records: A's rows and changesets, then B's (s) "
+        "| 0.600 (A 0.400; B 0.200) | |"
+    ) in lines
     s3 = next(x for x in lines if x.startswith("| S3 p50"))
     assert "floor with three SQLite commits: plain TCP 0.330 ms; websockets 0.410 ms" in s3
     assert any(x.startswith("## L. This machine's limits") for x in lines)
