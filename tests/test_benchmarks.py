@@ -152,8 +152,7 @@ def test_scenario_2s_floor_leaves_b_holding_every_row_a_wrote(tmp_path: Path) ->
 
     n = 2 * limits.BULK_PART + 7  # three parts, the last a short one
     floor = limits.bulk_floor(str(tmp_path), n)
-    assert 0 < floor["a_seconds"] < floor["seconds"]
-    assert 0 < floor["b_seconds"] < floor["seconds"]
+    assert floor["a_seconds"] > 0 and floor["b_seconds"] > 0
     for end in ("a", "b"):
         c = sqlite3.connect(tmp_path / f"bulk-{end}-{n}.db")
         rows = c.execute("SELECT * FROM r ORDER BY id").fetchall()
@@ -161,6 +160,31 @@ def test_scenario_2s_floor_leaves_b_holding_every_row_a_wrote(tmp_path: Path) ->
         c.close()
         assert rows == [limits._row(i) for i in range(n)], end
         assert parts == (3 if end == "a" else 0), end
+
+
+def test_scenario_2s_floor_refuses_to_time_a_b_that_lost_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import orjson
+
+    from benchmarks import limits
+
+    def lossy(body: bytes) -> object:  # each part arrives one row short
+        return [column[:-1] for column in orjson.loads(body)]
+
+    monkeypatch.setattr(limits, "orjson", types.SimpleNamespace(dumps=orjson.dumps, loads=lossy))
+    with pytest.raises(RuntimeError, match="does not hold what A wrote"):
+        limits.bulk_floor(str(tmp_path), 100)
+
+
+def test_scenario_2s_floor_splits_records_as_the_engine_does() -> None:
+    # The floor mirrors our engine's parts; the two constants must not drift apart.
+    from benchmarks.workload import BULK_PART
+    from realmsync_nb.store.realm_file import FLUSH_OBJECTS
+
+    assert BULK_PART == FLUSH_OBJECTS
 
 
 def _s2_s3_records() -> list[dict[str, object]]:
@@ -202,6 +226,33 @@ def test_the_s2_and_s3_targets_show_what_the_machine_leaves_for_them() -> None:
     s3 = next(x for x in lines if x.startswith("| S3 p50"))
     assert "floor with three SQLite commits: plain TCP 0.330 ms; websockets 0.410 ms" in s3
     assert any(x.startswith("## L. This machine's limits") for x in lines)
+
+
+@pytest.mark.parametrize("floor", ["at 20k", "not measured"])
+def test_the_s2_target_claims_no_floor_it_did_not_measure_at_100k(floor: str) -> None:
+    # A quick run's floor is at 20k records; a file recorded before the floor existed
+    # has none. Neither may appear beside the 100k target, nor as a limits row of 100k.
+    from benchmarks.report import render
+
+    records = _s2_s3_records()
+    machine = records[-1]
+    for key in ("bulk_floor_n", "bulk_floor_s", "bulk_floor_a_s", "bulk_floor_b_s"):
+        del machine[key]
+    if floor == "at 20k":
+        machine.update(
+            bulk_floor_n=20_000, bulk_floor_s=0.1, bulk_floor_a_s=0.07, bulk_floor_b_s=0.03
+        )
+    lines = render(records).splitlines()
+    s2 = next(x for x in lines if x.startswith("| S2 at 100k"))
+    assert s2.count("transaction alone took 1.20 s |") == 1, s2
+    floor_rows = [x for x in lines if x.startswith("| scenario 2's floor")]
+    if floor == "at 20k":
+        assert floor_rows == [
+            "| scenario 2's floor at 20,000 records: A's rows and changesets, then B's (s) "
+            "| 0.100 (A 0.070; B 0.030) | |"
+        ]
+    else:
+        assert floor_rows == []
 
 
 def _s6_report(runs: list[dict[str, object]]) -> tuple[list[str], str]:
