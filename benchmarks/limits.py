@@ -379,14 +379,15 @@ def ws_echo(workdir: str, n: int, timeout: float = 60) -> float:
 def run(n: int, workdir: str) -> dict[str, Any]:
     """Every limit, sized from ``n`` (the latency floor's number of writes); one dict."""
     out: dict[str, Any] = {"converged": True}
-    bulk_n = 1_000_000 if n >= 500 else 20_000
+    full = n >= 500  # a full run's sizes, else --quick's
+    bulk_n = 1_000_000 if full else 20_000
     out["sqlite_commits_per_s"] = round(sqlite_rate(workdir, 20 * n, one_txn=False), 1)
     out["sqlite_full_commits_per_s"] = round(
         sqlite_rate(workdir, n, one_txn=False, synchronous="FULL"), 1
     )
     out["sqlite_rows_per_s_one_txn"] = round(sqlite_rate(workdir, bulk_n, one_txn=True), 1)
     out["sqlite_bulk_rows"] = bulk_n
-    floor_n = 100_000 if n >= 500 else 20_000
+    floor_n = 100_000 if full else 20_000
     bulk = bulk_floor(workdir, floor_n)
     out["bulk_floor_n"] = floor_n
     out["bulk_floor_a_s"] = round(bulk["a_seconds"], 4)
